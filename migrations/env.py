@@ -1,0 +1,82 @@
+"""Alembic environment for the outbox table.
+
+The database comes from ``sqlalchemy.url`` when the caller set it (``outbox.migrate``), else
+from ``DATABASE_URL``; a plain ``postgresql://`` URL is run through asyncpg. A caller may
+also pass an open connection as ``config.attributes["connection"]``. Versions are kept in
+``outbox_alembic_version`` so a host application's own ``alembic_version`` is untouched, and
+autogenerate only looks at the outbox's own tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from alembic import context
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from outbox.dburl import async_database_url
+from outbox.errors import ConfigurationError
+from outbox.migrate import VERSION_TABLE
+from outbox.schema import metadata
+
+config = context.config
+
+
+def _database_url() -> str:
+    url = config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL")
+    if not url:
+        raise ConfigurationError(
+            "DATABASE_URL is not set: point it at the PostgreSQL database to migrate"
+        )
+    return async_database_url(url).render_as_string(hide_password=False)
+
+
+def _include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    return type_ != "table" or name in metadata.tables
+
+
+def _configure(**kwargs: Any) -> None:
+    context.configure(
+        target_metadata=metadata,
+        version_table=VERSION_TABLE,
+        include_name=_include_name,
+        compare_type=True,
+        compare_server_default=True,
+        **kwargs,
+    )
+
+
+def _run_with(connection: Connection) -> None:
+    _configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_async() -> None:
+    engine = create_async_engine(_database_url(), poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run_with)
+            await connection.commit()
+    finally:
+        await engine.dispose()
+
+
+def run() -> None:
+    if context.is_offline_mode():
+        _configure(url=_database_url(), literal_binds=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run_with(connection)
+    else:
+        asyncio.run(_run_async())
+
+
+run()

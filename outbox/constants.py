@@ -1,0 +1,18 @@
+"""Defaults shared by the library, the workers and their settings."""
+
+from __future__ import annotations
+
+DEFAULT_MAX_ATTEMPTS = 10
+"""Claims a message may take before it is given up (``dead``)."""
+
+DEFAULT_LOCK_SECONDS = 30.0
+"""Lease length of a claim; a worker extends it for longer work."""
+
+DEFAULT_REAP_LIMIT = 1000
+"""Expired leases reaped per statement, to keep each reap short."""
+
+MAX_CLAIM_LIMIT = 10_000
+"""Largest batch one claim may take."""
+
+MAX_ERROR_LENGTH = 2000
+"""Longer error texts are cut to this many characters before they are stored."""

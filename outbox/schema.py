@@ -1,0 +1,118 @@
+"""The ``outbox`` table as SQLAlchemy Core metadata.
+
+This module is the single definition of the table; the Alembic migrations create exactly
+this, and a test checks that autogenerate finds no difference.
+
+Index plan (each keeps one hot query an index scan at any table size):
+
+* ``ix_outbox_claimable``: ``(next_attempt_at, id) WHERE status = 'pending'`` -- the
+  unfiltered claim walks it in order and stops after ``limit`` rows.
+* ``ix_outbox_claimable_type``: ``(type, next_attempt_at, id) WHERE status = 'pending'`` --
+  a claim filtered by type prefixes becomes range scans on ``type`` (the column uses the
+  ``"C"`` collation, so a prefix is exactly a byte range), so one domain's claim never walks
+  another domain's backlog.
+* ``ix_outbox_lease``: ``(locked_until) WHERE status = 'in_progress'`` -- reaping.
+* ``ix_outbox_published_at``: ``(published_at) WHERE status = 'published'`` -- retention.
+* ``ix_outbox_dead_created_at``: ``(created_at) WHERE status = 'dead'`` -- listing and
+  purging dead rows.
+* ``uq_outbox_dedupe_key``: unique ``(dedupe_key) WHERE dedupe_key IS NOT NULL``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = ["OUTBOX_TABLE_NAME", "Status", "metadata", "outbox_table"]
+
+OUTBOX_TABLE_NAME = "outbox"
+
+
+class Status(StrEnum):
+    """Lifecycle of an outbox row.
+
+    ``pending`` -> ``in_progress`` (claimed, leased) -> ``published`` | back to ``pending``
+    (retry, release, reaped lease) | ``dead`` (gave up; ``error`` says why).
+    """
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    PUBLISHED = "published"
+    DEAD = "dead"
+
+
+_STATUS_VALUES = ", ".join(f"'{s.value}'" for s in Status)
+
+metadata = MetaData()
+
+outbox_table = Table(
+    OUTBOX_TABLE_NAME,
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("type", Text(collation="C"), nullable=False),
+    Column("key", Text, nullable=True),
+    Column("payload", JSONB, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("locked_by", Text, nullable=True),
+    Column("locked_until", DateTime(timezone=True), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("published_at", DateTime(timezone=True), nullable=True),
+    Column("dedupe_key", Text, nullable=True),
+    CheckConstraint(f"status IN ({_STATUS_VALUES})", name="ck_outbox_status"),
+    CheckConstraint("attempts >= 0", name="ck_outbox_attempts_nonnegative"),
+)
+
+_pending = text("status = 'pending'")
+
+Index(
+    "ix_outbox_claimable",
+    outbox_table.c.next_attempt_at,
+    outbox_table.c.id,
+    postgresql_where=_pending,
+)
+Index(
+    "ix_outbox_claimable_type",
+    outbox_table.c.type,
+    outbox_table.c.next_attempt_at,
+    outbox_table.c.id,
+    postgresql_where=_pending,
+)
+Index(
+    "ix_outbox_lease",
+    outbox_table.c.locked_until,
+    postgresql_where=text("status = 'in_progress'"),
+)
+Index(
+    "ix_outbox_published_at",
+    outbox_table.c.published_at,
+    postgresql_where=text("status = 'published'"),
+)
+Index(
+    "ix_outbox_dead_created_at",
+    outbox_table.c.created_at,
+    postgresql_where=text("status = 'dead'"),
+)
+Index(
+    "uq_outbox_dedupe_key",
+    outbox_table.c.dedupe_key,
+    unique=True,
+    postgresql_where=text("dedupe_key IS NOT NULL"),
+)

@@ -1,0 +1,70 @@
+"""Read-only counts for dashboards, the CLI and metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Text, case, func, literal, select
+
+from outbox._db import AsyncDB, fetch_all
+from outbox.schema import Status
+from outbox.schema import outbox_table as t
+from outbox.storage import PENDING
+
+__all__ = ["OutboxStats", "stats", "type_prefix_of"]
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """A snapshot of the table.
+
+    ``by_status`` has every status (zero included); ``by_prefix`` maps a type prefix (the
+    type up to and including its first dot, e.g. ``document.``) to its counts by status;
+    ``oldest_claimable_age`` is how many seconds the longest-waiting claimable row has been
+    claimable (``None`` when nothing is claimable).
+    """
+
+    by_status: dict[Status, int]
+    by_prefix: dict[str, dict[Status, int]] = field(default_factory=dict)
+    oldest_claimable_age: float | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+
+def type_prefix_of(message_type: str) -> str:
+    """``'document.preprocess.v1'`` -> ``'document.'``; a type without a dot is its own."""
+    head, dot, _ = message_type.partition(".")
+    return head + dot
+
+
+async def stats(db: AsyncDB, *, now: datetime | None = None) -> OutboxStats:
+    """Counts per status and per type prefix, and the oldest claimable row's age.
+
+    Two statements. The counts read every row (published ones included): fine for an
+    operator's command, too heavy to run every second on a very large table.
+    """
+    prefix = case(
+        (func.strpos(t.c.type, ".") > 0, func.split_part(t.c.type, ".", 1) + literal(".", Text)),
+        else_=t.c.type,
+    ).label("prefix")
+    counts = select(prefix, t.c.status, func.count()).group_by(prefix, t.c.status)
+    clock = func.now() if now is None else literal(now)
+    oldest = select(func.extract("epoch", clock - func.min(t.c.next_attempt_at))).where(
+        t.c.status == PENDING, t.c.next_attempt_at <= clock
+    )
+    by_status = dict.fromkeys(Status, 0)
+    by_prefix: dict[str, dict[Status, int]] = {}
+    for name, status, count in await fetch_all(db, counts):
+        state = Status(status)
+        by_status[state] += count
+        by_prefix.setdefault(name, dict.fromkeys(Status, 0))[state] += count
+    age_rows = await fetch_all(db, oldest)
+    age = age_rows[0][0] if age_rows else None
+    return OutboxStats(
+        by_status=by_status,
+        by_prefix=dict(sorted(by_prefix.items())),
+        oldest_claimable_age=None if age is None else max(0.0, float(age)),
+    )

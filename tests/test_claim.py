@@ -1,0 +1,179 @@
+"""claim_batch: exactly-once under concurrency, prefix filters, delays and order."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox import InvalidArgumentError, NewMessage, claim_batch, enqueue_many
+
+pytestmark = pytest.mark.anyio
+
+
+async def add(engine: AsyncEngine, *types: str) -> list[int]:
+    async with engine.begin() as conn:
+        return await enqueue_many(conn, [NewMessage(t, {"t": t}) for t in types])
+
+
+async def claim(engine: AsyncEngine, limit: int = 1000, **kwargs: object) -> list[int]:
+    claimed = await claim_batch(
+        engine,
+        limit=limit,
+        lock_seconds=30,
+        worker_id="w",
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return [m.id for m in claimed]
+
+
+TYPES = ("message.created", "room.updated", "document.preprocess.v1", "message.deleted")
+
+
+@pytest.mark.parametrize(
+    ("filters", "wanted"),
+    [
+        ({}, set(TYPES)),
+        ({"exclude_type_prefix": "document."}, set(TYPES) - {"document.preprocess.v1"}),
+        ({"include_type_prefix": ["message.", "room."]}, set(TYPES) - {"document.preprocess.v1"}),
+    ],
+    ids=["unfiltered", "exclude", "include"],
+)
+async def test_eight_concurrent_claimers_take_every_id_exactly_once(
+    engine: AsyncEngine, filters: dict[str, object], wanted: set[str]
+) -> None:
+    async with engine.begin() as conn:
+        ids = await enqueue_many(
+            conn, [NewMessage(TYPES[i % len(TYPES)], {"i": i}) for i in range(10_000)]
+        )
+    expected = [id_ for i, id_ in enumerate(ids) if TYPES[i % len(TYPES)] in wanted]
+    per_worker: dict[str, list[int]] = {f"w{n}": [] for n in range(8)}
+
+    async def worker(name: str) -> None:
+        # Each claimer has its own connection (the engine's pool hands out separate ones).
+        while batch := await claim_batch(
+            engine,
+            limit=50,
+            lock_seconds=60,
+            worker_id=name,
+            **filters,  # type: ignore[arg-type]
+        ):
+            assert all(m.locked_by == name and m.attempts == 1 for m in batch)
+            assert {m.type for m in batch} <= wanted
+            per_worker[name].extend(m.id for m in batch)
+
+    async with anyio.create_task_group() as tg:
+        for name in per_worker:
+            tg.start_soon(worker, name)
+
+    claimed = [id_ for ids in per_worker.values() for id_ in ids]
+    assert len(claimed) == len(expected)
+    assert sorted(claimed) == expected
+    assert sum(1 for ids in per_worker.values() if ids) >= 2  # the work really was shared
+
+
+async def test_claim_marks_rows_in_progress_with_a_lease(engine: AsyncEngine) -> None:
+    [id_] = await add(engine, "message.created")
+    now = datetime.now(UTC)
+    [message] = await claim_batch(engine, limit=5, lock_seconds=12.5, worker_id="w1", now=now)
+    assert (message.id, message.attempts, message.locked_by) == (id_, 1, "w1")
+    assert message.locked_until == now + timedelta(seconds=12.5)
+    assert message.payload == {"t": "message.created"}
+    assert await claim(engine) == []  # in progress: nobody else gets it
+
+
+async def test_rows_come_oldest_first_and_limit_is_respected(engine: AsyncEngine) -> None:
+    ids = await add(engine, *["message.created"] * 5)
+    assert await claim(engine, limit=2) == ids[:2]
+    assert await claim(engine, limit=2) == ids[2:4]
+    assert await claim(engine, limit=2) == ids[4:]
+
+
+async def test_a_row_due_earlier_is_claimed_first(engine: AsyncEngine) -> None:
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        late, early = await enqueue_many(
+            conn,
+            [
+                NewMessage("a.b", {}, available_at=now - timedelta(seconds=5)),
+                NewMessage("a.b", {}, available_at=now - timedelta(seconds=60)),
+            ],
+        )
+    assert await claim(engine) == [early, late]
+
+
+async def test_delayed_rows_are_not_claimed_before_their_time(engine: AsyncEngine) -> None:
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        [delayed] = await enqueue_many(conn, [NewMessage("a.b", {}, delay=30)])
+    assert await claim(engine, now=now + timedelta(seconds=20)) == []
+    assert await claim(engine, now=now + timedelta(seconds=31)) == [delayed]
+
+
+async def test_include_prefix_takes_only_those_types(engine: AsyncEngine) -> None:
+    chat, doc1, room, doc2 = await add(
+        engine, "message.created", "document.preprocess.v1", "room.updated", "document.x"
+    )
+    assert await claim(engine, include_type_prefix="document.") == [doc1, doc2]
+    assert await claim(engine, include_type_prefix="document.") == []
+    assert await claim(engine) == [chat, room]
+
+
+async def test_exclude_prefix_leaves_those_types_alone(engine: AsyncEngine) -> None:
+    chat, doc, room, documents = await add(
+        engine, "message.created", "document.preprocess.v1", "room.updated", "documents.other"
+    )
+    # "documents.other" does not start with "document." and so is not excluded.
+    assert await claim(engine, exclude_type_prefix="document.") == [chat, room, documents]
+    assert await claim(engine, exclude_type_prefix="document.") == []
+    assert await claim(engine) == [doc]
+
+
+async def test_underscore_and_percent_in_a_prefix_match_only_themselves(
+    engine: AsyncEngine,
+) -> None:
+    literal_, wild, pct, pct_wild = await add(
+        engine, "a_b.created", "axb.created", "50%.off", "50x.off"
+    )
+    assert await claim(engine, include_type_prefix="a_b.") == [literal_]
+    assert await claim(engine, include_type_prefix="50%") == [pct]
+    assert await claim(engine, exclude_type_prefix=["a_", "50%"]) == [wild, pct_wild]
+
+
+async def test_several_prefixes_and_include_with_exclude(engine: AsyncEngine) -> None:
+    msg, room, doc, doc_internal, audit = await add(
+        engine,
+        "message.created",
+        "room.updated",
+        "document.preprocess.v1",
+        "document.internal.reindex",
+        "audit.logged",
+    )
+    assert await claim(
+        engine, include_type_prefix=["document.", "room."], exclude_type_prefix="document.internal."
+    ) == [room, doc]
+    assert await claim(engine, exclude_type_prefix=["message.", "audit."]) == [doc_internal]
+    assert await claim(engine, include_type_prefix="message.", exclude_type_prefix="message.") == []
+    assert await claim(engine) == [msg, audit]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"limit": 0}, "limit must be an integer from 1 to 10000"),
+        ({"limit": 10_001}, "limit must be an integer from 1 to 10000"),
+        ({"lock_seconds": 0}, "lock_seconds must be finite and > 0"),
+        ({"worker_id": ""}, "worker_id must be a non-empty string"),
+        ({"include_type_prefix": ""}, "type prefixes must be non-empty strings"),
+        ({"exclude_type_prefix": ["ok.", 3]}, "type prefixes must be non-empty strings"),
+        ({"now": datetime(2030, 1, 1)}, "now must be a timezone-aware datetime"),
+    ],
+)
+async def test_bad_claim_arguments_are_clear_errors(
+    engine: AsyncEngine, kwargs: dict[str, object], error: str
+) -> None:
+    args: dict[str, object] = {"limit": 10, "lock_seconds": 30, "worker_id": "w", **kwargs}
+    with pytest.raises(InvalidArgumentError, match=error):
+        await claim_batch(engine, **args)  # type: ignore[arg-type]

