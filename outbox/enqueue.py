@@ -16,8 +16,6 @@ from datetime import datetime, timedelta
 from typing import Any, overload
 
 from pydantic import BaseModel
-from sqlalchemy import ARRAY, DateTime, Float, Text, bindparam, cast, column, func, select
-from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
@@ -25,57 +23,11 @@ from sqlalchemy.orm import Session
 from outbox._db import SyncDB
 from outbox.errors import InvalidMessageError
 from outbox.messages import NewMessage, Payload
-from outbox.schema import outbox_table as t
+from outbox.statements import ENQUEUE, SELECT_BY_DEDUPE_KEY
 
 __all__ = ["enqueue", "enqueue_many"]
 
 MAX_TYPE_LENGTH = 255
-
-# One INSERT ... SELECT FROM unnest(arrays) for any number of messages. The ORDER BY makes
-# the identity ids ascend in the order the messages were given, which per-key ordering
-# relies on; RETURNING's own order is unspecified, hence the re-assembly in _Plan.
-_SOURCE = (
-    func.unnest(
-        bindparam("types", type_=ARRAY(Text)),
-        bindparam("keys", type_=ARRAY(Text)),
-        bindparam("payloads", type_=ARRAY(Text)),
-        bindparam("dedupe_keys", type_=ARRAY(Text)),
-        bindparam("available_ats", type_=ARRAY(DateTime(timezone=True))),
-        bindparam("delays", type_=ARRAY(Float)),
-    )
-    .table_valued(
-        column("type", Text),
-        column("key", Text),
-        column("payload", Text),
-        column("dedupe_key", Text),
-        column("available_at", DateTime(timezone=True)),
-        column("delay", Float),
-        with_ordinality="ordinal",
-    )
-    .render_derived(name="m")
-)
-_INSERT = (
-    insert(t)
-    .from_select(
-        ["type", "key", "payload", "dedupe_key", "next_attempt_at"],
-        select(
-            _SOURCE.c.type,
-            _SOURCE.c.key,
-            cast(_SOURCE.c.payload, JSONB),
-            _SOURCE.c.dedupe_key,
-            # Delays are measured on the database clock, like every other time in the table.
-            func.coalesce(
-                _SOURCE.c.available_at,
-                func.now() + func.make_interval(0, 0, 0, 0, 0, 0, _SOURCE.c.delay),
-            ),
-        ).order_by(_SOURCE.c.ordinal),
-    )
-    .on_conflict_do_nothing(index_elements=[t.c.dedupe_key], index_where=t.c.dedupe_key.isnot(None))
-    .returning(t.c.id, t.c.dedupe_key)
-)
-_SELECT_BY_DEDUPE_KEY = select(t.c.id, t.c.dedupe_key).where(
-    t.c.dedupe_key.in_(bindparam("wanted", expanding=True))
-)
 
 AsyncOrmDB = AsyncSession | AsyncConnection
 
@@ -166,7 +118,11 @@ def _enqueue(
 
 
 class _Plan:
-    """The rows to insert (repeated dedupe keys folded) and how to map ids back to input."""
+    """The rows to insert (repeated dedupe keys folded) and how to map ids back to input.
+
+    ``ENQUEUE`` returns ``(id, dedupe_key)`` in no particular order, but its new ids ascend
+    in input order; rows without a dedupe key are matched back by that order.
+    """
 
     def __init__(self, rows: list[dict[str, Any]]) -> None:
         self.count = len(rows)
@@ -213,19 +169,19 @@ class _Plan:
 def _run_sync(db: SyncDB, plan: _Plan) -> list[int]:
     if not plan.count:
         return []
-    inserted = db.execute(_INSERT, plan.params).all()
+    inserted = db.execute(ENQUEUE, plan.params).all()
     missing = plan.missing_keys(inserted)
-    existing = db.execute(_SELECT_BY_DEDUPE_KEY, {"wanted": missing}).all() if missing else []
+    existing = db.execute(SELECT_BY_DEDUPE_KEY, {"wanted": missing}).all() if missing else []
     return plan.ids(inserted, existing)
 
 
 async def _run_async(db: AsyncOrmDB, plan: _Plan) -> list[int]:
     if not plan.count:
         return []
-    inserted = (await db.execute(_INSERT, plan.params)).all()
+    inserted = (await db.execute(ENQUEUE, plan.params)).all()
     missing = plan.missing_keys(inserted)
     existing = (
-        (await db.execute(_SELECT_BY_DEDUPE_KEY, {"wanted": missing})).all() if missing else []
+        (await db.execute(SELECT_BY_DEDUPE_KEY, {"wanted": missing})).all() if missing else []
     )
     return plan.ids(inserted, existing)
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Text, case, func, literal, select
-
+from outbox import statements as sql
 from outbox._db import AsyncDB, fetch_all
 from outbox.schema import Status
-from outbox.schema import outbox_table as t
-from outbox.storage import PENDING
 
 __all__ = ["OutboxStats", "stats", "type_prefix_of"]
 
@@ -46,22 +43,13 @@ async def stats(db: AsyncDB, *, now: datetime | None = None) -> OutboxStats:
     Two statements. The counts read every row (published ones included): fine for an
     operator's command, too heavy to run every second on a very large table.
     """
-    prefix = case(
-        (func.strpos(t.c.type, ".") > 0, func.split_part(t.c.type, ".", 1) + literal(".", Text)),
-        else_=t.c.type,
-    ).label("prefix")
-    counts = select(prefix, t.c.status, func.count()).group_by(prefix, t.c.status)
-    clock = func.now() if now is None else literal(now)
-    oldest = select(func.extract("epoch", clock - func.min(t.c.next_attempt_at))).where(
-        t.c.status == PENDING, t.c.next_attempt_at <= clock
-    )
     by_status = dict.fromkeys(Status, 0)
     by_prefix: dict[str, dict[Status, int]] = {}
-    for name, status, count in await fetch_all(db, counts):
+    for name, status, count in await fetch_all(db, sql.counts_by_prefix_and_status):
         state = Status(status)
         by_status[state] += count
         by_prefix.setdefault(name, dict.fromkeys(Status, 0))[state] += count
-    age_rows = await fetch_all(db, oldest)
+    age_rows = await fetch_all(db, sql.OLDEST_CLAIMABLE_AGE, {"now": now})
     age = age_rows[0][0] if age_rows else None
     return OutboxStats(
         by_status=by_status,

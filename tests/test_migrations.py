@@ -123,7 +123,7 @@ def test_standalone_alembic_cli_without_database_url_names_the_variable() -> Non
     assert "DATABASE_URL is not set" in done.stderr
 
 
-HOST_ENV = '''
+HOST_ENV = """
 from alembic import context
 from sqlalchemy import create_engine
 
@@ -133,9 +133,9 @@ with create_engine(url).connect() as connection:
     with context.begin_transaction():
         context.run_migrations()
     connection.commit()
-'''
+"""
 
-HOST_REVISION = '''
+HOST_REVISION = """
 import sqlalchemy as sa
 from alembic import op
 
@@ -151,7 +151,7 @@ def upgrade():
 
 def downgrade():
     op.drop_table("messages")
-'''
+"""
 
 
 def test_host_application_alembic_runs_the_outbox_branch(

@@ -7,7 +7,7 @@ prepared statement may switch to after a few executions, with parameter values u
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
@@ -62,12 +62,17 @@ async def fill(conn: AsyncConnection, **counts: int) -> None:
     await conn.exec_driver_sql("ANALYZE outbox")
 
 
+Statement = tuple[UpdateBase, Mapping[str, object]]
+
+
 async def plan(
-    conn: AsyncConnection, statement: UpdateBase, generic: bool, analyze: bool = False
+    conn: AsyncConnection, statement: Statement, generic: bool, analyze: bool = False
 ) -> dict[str, Any]:
     """The statement's plan; with ``analyze`` it runs (roll the transaction back after)."""
-    compiled = statement.compile(dialect=conn.dialect)
-    params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    update, values = statement
+    compiled = update.compile(dialect=conn.dialect)
+    bound = compiled.construct_params(dict(values))
+    params = tuple(bound[name] for name in compiled.positiontup or ())
     mode = "force_generic_plan" if generic else "force_custom_plan"
     await conn.exec_driver_sql(f"SET LOCAL plan_cache_mode = {mode}")
     options = "ANALYZE, FORMAT JSON" if analyze else "FORMAT JSON"
@@ -95,7 +100,7 @@ def rows_read(node: dict[str, Any]) -> int:
     return total + sum(rows_read(child) for child in node.get("Plans", []))
 
 
-def claim(**filters: Any) -> UpdateBase:
+def claim(**filters: Any) -> Statement:
     return claim_statement(limit=100, lock_seconds=30, worker_id="w", **filters)
 
 

@@ -1,0 +1,376 @@
+"""Every SQL statement the library runs against the outbox table, built once.
+
+The only module that builds SQL. Statements are SQLAlchemy Core templates with named bind
+parameters, built at import (or once per type filter, cached), so the hot path never
+rebuilds or recompiles them. Callers pass the values at execution.
+
+Conventions shared by the templates:
+
+* ``:now`` -- ``NULL`` means the database clock (``now()``, the transaction start, shared
+  by all workers); a timestamp steps time in tests.
+* Status values are SQL literals, not parameters, so PostgreSQL matches the partial
+  indexes' predicates even under generic (prepared) plans.
+* Acknowledgements join ``unnest(:lease_ids, :lease_attempts, ...) AS lease`` and apply
+  only where the row is still ``in_progress`` under that exact lease (fencing).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    DateTime,
+    Float,
+    Integer,
+    Interval,
+    Select,
+    Text,
+    bindparam,
+    case,
+    cast,
+    column,
+    false,
+    func,
+    literal,
+    literal_column,
+    select,
+    true,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.sql.expression import CTE, ScalarSelect
+
+from outbox.prefixes import TypeRange
+from outbox.schema import Status
+from outbox.schema import outbox_table as t
+
+__all__ = [
+    "CLAIMED_COLUMNS",
+    "ENQUEUE",
+    "EXTEND_LEASE",
+    "MARK_DEAD",
+    "MARK_PUBLISHED",
+    "OLDEST_CLAIMABLE_AGE",
+    "REAP",
+    "RELEASE",
+    "RESCHEDULE",
+    "SELECT_BY_DEDUPE_KEY",
+    "claim",
+    "counts_by_prefix_and_status",
+]
+
+PENDING = literal_column(f"'{Status.PENDING.value}'", Text)
+IN_PROGRESS = literal_column(f"'{Status.IN_PROGRESS.value}'", Text)
+PUBLISHED = literal_column(f"'{Status.PUBLISHED.value}'", Text)
+DEAD = literal_column(f"'{Status.DEAD.value}'", Text)
+
+CLOCK = func.coalesce(bindparam("now", type_=DateTime(timezone=True)), func.now())
+"""``:now`` if given, else the database clock."""
+
+CLAIMED_COLUMNS = (
+    t.c.id,
+    t.c.type,
+    t.c.key,
+    t.c.payload,
+    t.c.attempts,
+    t.c.created_at,
+    t.c.next_attempt_at,
+    t.c.locked_by,
+    t.c.locked_until,
+    t.c.error,
+)
+
+# -- enqueue -------------------------------------------------------------------------------
+
+_MESSAGES = (
+    func.unnest(
+        bindparam("types", type_=ARRAY(Text)),
+        bindparam("keys", type_=ARRAY(Text)),
+        bindparam("payloads", type_=ARRAY(Text)),
+        bindparam("dedupe_keys", type_=ARRAY(Text)),
+        bindparam("available_ats", type_=ARRAY(DateTime(timezone=True))),
+        bindparam("delays", type_=ARRAY(Float)),
+    )
+    .table_valued(
+        column("type", Text),
+        column("key", Text),
+        column("payload", Text),
+        column("dedupe_key", Text),
+        column("available_at", DateTime(timezone=True)),
+        column("delay", Float),
+        with_ordinality="ordinal",
+    )
+    .render_derived(name="m")
+)
+
+ENQUEUE: Insert = (
+    insert(t)
+    .from_select(
+        ["type", "key", "payload", "dedupe_key", "next_attempt_at"],
+        select(
+            _MESSAGES.c.type,
+            _MESSAGES.c.key,
+            cast(_MESSAGES.c.payload, JSONB),
+            _MESSAGES.c.dedupe_key,
+            func.coalesce(
+                _MESSAGES.c.available_at,
+                func.now() + func.make_interval(0, 0, 0, 0, 0, 0, _MESSAGES.c.delay),
+            ),
+        ).order_by(_MESSAGES.c.ordinal),
+    )
+    .on_conflict_do_nothing(index_elements=[t.c.dedupe_key], index_where=t.c.dedupe_key.isnot(None))
+    .returning(t.c.id, t.c.dedupe_key)
+)
+"""Insert messages given as parallel arrays (payloads as JSON text, delays in seconds).
+
+``ORDER BY ordinal`` makes the identity ids ascend in input order. Rows whose dedupe key
+exists already are skipped (``ON CONFLICT DO NOTHING``). Returns ``(id, dedupe_key)`` of
+the inserted rows, in no particular order."""
+
+SELECT_BY_DEDUPE_KEY: Select[Any] = select(t.c.id, t.c.dedupe_key).where(
+    t.c.dedupe_key.in_(bindparam("wanted", expanding=True))
+)
+
+# -- claim ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=128)
+def claim(ranges: tuple[TypeRange, ...] | None) -> Update:
+    """The claim for a type filter (``None``: every type), as one statement.
+
+    Parameters: ``:limit``, ``:worker_id``, ``:lease`` (interval), ``:now``. Stage 1
+    (``candidates``) picks the oldest claimable ids, locking them and skipping rows other
+    claimers hold; stage 2 leases those rows and counts the attempt. Returns
+    :data:`CLAIMED_COLUMNS`.
+    """
+    candidates = _oldest_claimable() if ranges is None else _oldest_claimable_of_types(ranges)
+    return (
+        update(t)
+        .where(t.c.id == candidates.c.id)
+        .values(
+            status=IN_PROGRESS,
+            attempts=t.c.attempts + 1,
+            locked_by=bindparam("worker_id", type_=Text),
+            locked_until=CLOCK + bindparam("lease", type_=Interval()),
+        )
+        .returning(*CLAIMED_COLUMNS)
+    )
+
+
+def _limit() -> Any:
+    return bindparam("limit", type_=Integer)
+
+
+def _oldest_claimable() -> CTE:
+    """Unfiltered: walk ``ix_outbox_claimable`` in order and stop after ``limit`` rows."""
+    return (
+        select(t.c.id)
+        .where(t.c.status == PENDING, t.c.next_attempt_at <= CLOCK)
+        .order_by(t.c.next_attempt_at, t.c.id)
+        .limit(_limit())
+        .with_for_update(skip_locked=True)
+        .cte("candidates")
+    )
+
+
+def _oldest_claimable_of_types(ranges: tuple[TypeRange, ...]) -> CTE:
+    """Filtered by type: the same rows and order, without reading other types' backlogs.
+
+    Walking ``ix_outbox_claimable`` and filtering by type would read every older row of
+    the other types first (a large backlog of another domain makes each poll a scan). So:
+
+    1. ``pending_types``: the distinct pending types inside the ranges, found by a loose
+       index scan of ``ix_outbox_claimable_type`` (one index probe per type);
+    2. per type, the oldest ``limit`` claimable rows, read in index order and locked with
+       SKIP LOCKED (a LATERAL subquery);
+    3. merged by age, keeping the oldest ``limit``. Rows locked in step 2 but not kept are
+       released when the claim's transaction commits, a moment later.
+
+    Cost grows with the number of distinct pending types in the ranges, not with the size
+    of any backlog.
+    """
+    type_sets = [_pending_types(i, low, high) for i, (low, high) in enumerate(ranges)]
+    if not type_sets:
+        return select(t.c.id).where(false()).cte("candidates")
+    pending_types = union_all(
+        *(select(types.c.type).where(types.c.type.isnot(None)) for types in type_sets)
+    ).subquery("pending_types")
+    per_type = (
+        select(t.c.id, t.c.next_attempt_at)
+        .where(
+            t.c.status == PENDING,
+            t.c.type == pending_types.c.type,
+            t.c.next_attempt_at <= CLOCK,
+        )
+        .order_by(t.c.next_attempt_at, t.c.id)
+        .limit(_limit())
+        .with_for_update(skip_locked=True)
+        .lateral("per_type")
+    )
+    return (
+        select(per_type.c.id)
+        .select_from(pending_types.join(per_type, true()))
+        .order_by(per_type.c.next_attempt_at, per_type.c.id)
+        .limit(_limit())
+        .cte("candidates")
+    )
+
+
+def _pending_types(index: int, low: str | None, high: str | None) -> CTE:
+    """Recursive CTE of the distinct pending types in ``[low, high)``, ascending."""
+
+    def first_type_after(*conditions: ColumnElement[bool]) -> ScalarSelect[str]:
+        upper = () if high is None else (t.c.type < high,)
+        return (
+            select(func.min(t.c.type))
+            .where(t.c.status == PENDING, *conditions, *upper)
+            .scalar_subquery()
+        )
+
+    lower = () if low is None else (t.c.type >= low,)
+    types = select(first_type_after(*lower).label("type")).cte(
+        f"pending_types_{index}", recursive=True
+    )
+    step = select(first_type_after(t.c.type > types.c.type)).where(types.c.type.isnot(None))
+    return types.union_all(step)
+
+
+# -- acknowledgements ----------------------------------------------------------------------
+
+
+def _lease(**extra: Any) -> Any:
+    """``unnest(:lease_ids, :lease_attempts, :lease_<name>...) AS lease(id, attempts, ...)``."""
+    arrays = [
+        bindparam("lease_ids", type_=ARRAY(BigInteger)),
+        bindparam("lease_attempts", type_=ARRAY(Integer)),
+    ]
+    columns = [column("id", BigInteger), column("attempts", Integer)]
+    for name, sql_type in extra.items():
+        arrays.append(bindparam(f"lease_{name}", type_=ARRAY(sql_type)))
+        columns.append(column(name, sql_type))
+    return func.unnest(*arrays).table_valued(*columns).render_derived(name="lease")
+
+
+def _fenced(lease: Any) -> tuple[ColumnElement[bool], ...]:
+    return (
+        t.c.id == lease.c.id,
+        t.c.attempts == lease.c.attempts,
+        t.c.status == IN_PROGRESS,
+        t.c.locked_by == bindparam("worker_id", type_=Text),
+    )
+
+
+_plain_lease = _lease()
+
+MARK_PUBLISHED: Update = (
+    update(t)
+    .where(*_fenced(_plain_lease))
+    .values(status=PUBLISHED, published_at=CLOCK, locked_by=None, locked_until=None, error=None)
+    .returning(t.c.id)
+)
+"""Leased rows -> ``published``. Returns the ids it changed."""
+
+_error_lease = _lease(error=Text)
+
+MARK_DEAD: Update = (
+    update(t)
+    .where(*_fenced(_error_lease))
+    .values(status=DEAD, error=_error_lease.c.error, locked_by=None, locked_until=None)
+    .returning(t.c.id)
+)
+"""Leased rows -> ``dead`` with ``:lease_error``. Returns the ids it changed."""
+
+_retry_lease = _lease(error=Text, delay=Float, give_up=Boolean)
+
+RESCHEDULE: Update = (
+    update(t)
+    .where(*_fenced(_retry_lease))
+    .values(
+        status=case((_retry_lease.c.give_up, DEAD), else_=PENDING),
+        next_attempt_at=CLOCK + func.make_interval(0, 0, 0, 0, 0, 0, _retry_lease.c.delay),
+        error=_retry_lease.c.error,
+        locked_by=None,
+        locked_until=None,
+    )
+    .returning(t.c.id, t.c.status)
+)
+"""Leased rows -> ``pending`` after ``:lease_delay`` seconds, or ``dead`` where
+``:lease_give_up``; ``error`` from ``:lease_error``. Returns ``(id, new status)``."""
+
+EXTEND_LEASE: Update = (
+    update(t)
+    .where(*_fenced(_plain_lease))
+    .values(locked_until=CLOCK + bindparam("lease", type_=Interval()))
+    .returning(t.c.id)
+)
+"""Leased rows' lease -> ``now + :lease``. Returns the ids it changed."""
+
+RELEASE: Update = (
+    update(t)
+    .where(*_fenced(_plain_lease))
+    .values(
+        status=PENDING,
+        attempts=t.c.attempts - 1,
+        # :hold NULL keeps next_attempt_at (already due); else the rows wait that long.
+        next_attempt_at=func.coalesce(
+            CLOCK + bindparam("hold", type_=Interval()), t.c.next_attempt_at
+        ),
+        locked_by=None,
+        locked_until=None,
+    )
+    .returning(t.c.id)
+)
+"""Leased rows -> ``pending``, the attempt uncounted. Returns the ids it changed."""
+
+# -- maintenance and reads -----------------------------------------------------------------
+
+_expired = (
+    select(t.c.id)
+    .where(t.c.status == IN_PROGRESS, t.c.locked_until < CLOCK)
+    .order_by(t.c.locked_until)
+    .limit(_limit())
+    .with_for_update(skip_locked=True)
+    .cte("expired")
+)
+
+REAP: Update = (
+    update(t)
+    .where(t.c.id == _expired.c.id)
+    .values(
+        status=case(
+            (t.c.attempts >= bindparam("max_attempts", type_=Integer), DEAD), else_=PENDING
+        ),
+        next_attempt_at=CLOCK,
+        error=literal("lease expired (held by ")
+        + func.coalesce(t.c.locked_by, literal("?"))
+        + literal(") after attempt ")
+        + cast(t.c.attempts, Text),
+        locked_by=None,
+        locked_until=None,
+    )
+    .returning(t.c.id, t.c.status)
+)
+"""Up to ``:limit`` leases that ended before ``now`` -> ``pending`` (due at once), or
+``dead`` at ``:max_attempts``. Returns ``(id, new status)``."""
+
+_prefix = case(
+    (func.strpos(t.c.type, ".") > 0, func.split_part(t.c.type, ".", 1) + literal(".", Text)),
+    else_=t.c.type,
+).label("prefix")
+
+counts_by_prefix_and_status: Select[Any] = select(_prefix, t.c.status, func.count()).group_by(
+    _prefix, t.c.status
+)
+"""``(type prefix, status, count)`` for every combination present."""
+
+OLDEST_CLAIMABLE_AGE: Select[Any] = select(
+    func.extract("epoch", CLOCK - func.min(t.c.next_attempt_at))
+).where(t.c.status == PENDING, t.c.next_attempt_at <= CLOCK)
+"""Seconds since the longest-waiting claimable row became due (``NULL``: none)."""
