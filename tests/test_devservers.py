@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import asyncpg
@@ -83,3 +87,31 @@ def test_unreachable_configured_servers_fall_back_to_throwaway_ones() -> None:
     assert not postgres_reachable(found.database_url, timeout=1)
     assert not redis_reachable(found.redis_url, timeout=1)
     assert [d for d in ours if d.exists()] == []
+
+
+def test_servers_stop_when_their_owner_is_killed() -> None:
+    """SIGKILL leaves no cleanup code to run: the kernel stops the servers instead."""
+    owner = subprocess.Popen(
+        [sys.executable, "-m", "outbox.devservers"],
+        env={k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        urls = dict(owner.stdout.readline().strip().split("=", 1) for _ in range(2))
+        assert postgres_reachable(urls["DATABASE_URL"]) and redis_reachable(urls["REDIS_URL"])
+    finally:
+        owner.kill()
+        owner.wait()
+        if owner.stdout is not None:
+            owner.stdout.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (
+        postgres_reachable(urls["DATABASE_URL"], timeout=1)
+        or redis_reachable(urls["REDIS_URL"], timeout=1)
+    ):
+        time.sleep(0.2)
+    assert not postgres_reachable(urls["DATABASE_URL"], timeout=1)
+    assert not redis_reachable(urls["REDIS_URL"], timeout=1)
