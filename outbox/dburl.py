@@ -16,23 +16,30 @@ def async_database_url(url: str | URL) -> URL:
     """Return ``url`` with the asyncpg driver, whatever driver (if any) it named.
 
     ``postgresql://u@h:5432/db``, ``postgres://...`` and ``postgresql+psycopg://...`` all
-    become ``postgresql+asyncpg://...``. Raises :class:`ConfigurationError` for anything that
-    is not a PostgreSQL URL; the message never contains the password.
+    become ``postgresql+asyncpg://...``. libpq's ``sslmode=`` becomes asyncpg's ``ssl=``
+    (same values). Raises :class:`ConfigurationError` for anything that is not a PostgreSQL
+    URL; the message never contains the password.
     """
+    parsed = _parse(url)
+    query = dict(parsed.query)
+    if "sslmode" in query:
+        query.setdefault("ssl", query.pop("sslmode"))
+    return parsed.set(drivername="postgresql+asyncpg", query=query)
+
+
+def libpq_dsn(url: str | URL) -> str:
+    """Return ``url`` as a plain ``postgresql://`` DSN, the form libpq and asyncpg accept."""
+    return _parse(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _parse(url: str | URL) -> URL:
     try:
         parsed = make_url(url) if isinstance(url, str) else url
     except ArgumentError as exc:
         raise ConfigurationError(f"not a database URL: {_redacted(url)!r}") from exc
     if parsed.get_backend_name() not in _POSTGRES_SCHEMES:
         raise ConfigurationError(f"expected a postgresql:// URL, got scheme {parsed.drivername!r}")
-    return parsed.set(drivername="postgresql+asyncpg")
-
-
-def libpq_dsn(url: str | URL) -> str:
-    """Return ``url`` as a plain ``postgresql://`` DSN, the form asyncpg and libpq accept."""
-    return (
-        async_database_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
+    return parsed
 
 
 def _redacted(url: str | URL) -> str:

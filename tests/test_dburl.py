@@ -1,0 +1,45 @@
+"""Database URL handling: plain postgresql:// in, asyncpg out, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from outbox import ConfigurationError, async_database_url
+from outbox.dburl import libpq_dsn
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:s3cret@db:5432/app",
+        "postgres://app:s3cret@db:5432/app",
+        "postgresql+psycopg://app:s3cret@db:5432/app",
+        "postgresql+asyncpg://app:s3cret@db:5432/app",
+    ],
+)
+def test_any_postgres_url_gets_the_asyncpg_driver(url: str) -> None:
+    converted = async_database_url(url)
+    assert converted.render_as_string(hide_password=False) == (
+        "postgresql+asyncpg://app:s3cret@db:5432/app"
+    )
+    assert libpq_dsn(url) == "postgresql://app:s3cret@db:5432/app"
+
+
+def test_sslmode_becomes_asyncpgs_ssl_and_stays_for_libpq() -> None:
+    url = "postgresql://app@db/app?sslmode=require&application_name=x"
+    assert dict(async_database_url(url).query) == {"ssl": "require", "application_name": "x"}
+    assert libpq_dsn(url).endswith("?application_name=x&sslmode=require")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://root:pw@db/app", "expected a postgresql:// URL, got scheme 'mysql'"),
+        ("not a url", "not a database URL"),
+        ("://user:hunter2@host", "not a database URL: '://user:\\*\\*\\*@host'"),
+    ],
+)
+def test_bad_urls_are_named_without_their_password(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        async_database_url(url)
+    assert "hunter2" not in str(caught.value)
