@@ -73,25 +73,31 @@ def local_services(
     """Yield servers to use: the configured ones if reachable, else fresh throwaway ones."""
     env = os.environ if env is None else env
     with contextlib.ExitStack() as stack:
-        database_url = env.get("DATABASE_URL", "")
-        own_pg = not (database_url and postgres_reachable(database_url))
-        if own_pg:
-            if database_url:
-                log.warning("DATABASE_URL does not answer; starting a throwaway PostgreSQL")
-            database_url = stack.enter_context(throwaway_postgres())
-        else:
-            log.info("using PostgreSQL at DATABASE_URL")
-        redis_url = env.get("REDIS_URL", "")
-        own_redis = False
+        database_url, own_pg = _configured_or_throwaway(
+            stack, "PostgreSQL", env.get("DATABASE_URL", ""), postgres_reachable, throwaway_postgres
+        )
+        redis_url, own_redis = env.get("REDIS_URL", ""), False
         if redis:
-            own_redis = not (redis_url and redis_reachable(redis_url))
-            if own_redis:
-                if redis_url:
-                    log.warning("REDIS_URL does not answer; starting a throwaway Redis")
-                redis_url = stack.enter_context(throwaway_redis())
-            else:
-                log.info("using Redis at REDIS_URL")
+            redis_url, own_redis = _configured_or_throwaway(
+                stack, "Redis", redis_url, redis_reachable, throwaway_redis
+            )
         yield LocalServices(database_url, redis_url, own_pg, own_redis)
+
+
+def _configured_or_throwaway(
+    stack: contextlib.ExitStack,
+    name: str,
+    url: str,
+    reachable: Callable[[str], bool],
+    start: Callable[[], contextlib.AbstractContextManager[str]],
+) -> tuple[str, bool]:
+    """``(url, False)`` if the configured server answers, else a started one's ``(url, True)``."""
+    if url and reachable(url):
+        log.info("using the configured %s", name)
+        return url, False
+    if url:
+        log.warning("the configured %s does not answer; starting a throwaway one", name)
+    return stack.enter_context(start()), True
 
 
 # -- reachability --------------------------------------------------------------------------

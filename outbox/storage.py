@@ -122,11 +122,7 @@ async def mark_published(
     now: datetime | None = None,
 ) -> AckResult:
     """Mark delivered messages ``published`` (one statement for the whole batch). Fenced."""
-    _check_worker(worker_id)
-    if not messages:
-        return AckResult(frozenset(), frozenset())
-    params = _lease_params(messages, worker_id, now)
-    return _ack_result(messages, await fetch_all(db, sql.MARK_PUBLISHED, params))
+    return await _acknowledge(db, sql.MARK_PUBLISHED, messages, worker_id, now)
 
 
 async def mark_dead(
@@ -137,12 +133,8 @@ async def mark_dead(
     error: str | Mapping[int, str],
 ) -> AckResult:
     """Give messages up now: ``dead`` with ``error`` (one text, or one per id). Fenced."""
-    _check_worker(worker_id)
-    if not messages:
-        return AckResult(frozenset(), frozenset())
-    params = _lease_params(messages, worker_id, None)
-    params["lease_error"] = [_error_for(m, error) for m in messages]
-    return _ack_result(messages, await fetch_all(db, sql.MARK_DEAD, params))
+    errors = [_error_for(m, error) for m in messages]
+    return await _acknowledge(db, sql.MARK_DEAD, messages, worker_id, None, lease_error=errors)
 
 
 async def reschedule(
@@ -162,15 +154,17 @@ async def reschedule(
     one per id), else ``backoff(attempts, type)``. ``error`` (one text, or one per id) is
     stored either way. One statement for the whole batch. Fenced.
     """
-    _check_worker(worker_id)
     _check_max_attempts(max_attempts)
-    if not messages:
-        return RescheduleResult(frozenset(), frozenset(), frozenset())
-    params = _lease_params(messages, worker_id, now)
-    params["lease_error"] = [_error_for(m, error) for m in messages]
-    params["lease_delay"] = [_retry_delay(m, delay, backoff) for m in messages]
-    params["lease_give_up"] = [m.attempts >= max_attempts for m in messages]
-    rows = await fetch_all(db, sql.RESCHEDULE, params)
+    rows = await _run_fenced(
+        db,
+        sql.RESCHEDULE,
+        messages,
+        worker_id,
+        now,
+        lease_error=[_error_for(m, error) for m in messages],
+        lease_delay=[_retry_delay(m, delay, backoff) for m in messages],
+        lease_give_up=[m.attempts >= max_attempts for m in messages],
+    )
     dead = frozenset(id_ for id_, status in rows if status == Status.DEAD)
     retried = frozenset(id_ for id_, status in rows if status == Status.PENDING)
     lost = frozenset(m.id for m in messages) - dead - retried
@@ -189,13 +183,8 @@ async def extend_lease(
 
     Ids in ``lost`` were reaped (or claimed again) already: stop working on them.
     """
-    _check_worker(worker_id)
     lease = _seconds("lock_seconds", lock_seconds, positive=True)
-    if not messages:
-        return AckResult(frozenset(), frozenset())
-    params = _lease_params(messages, worker_id, now)
-    params["lease"] = lease
-    return _ack_result(messages, await fetch_all(db, sql.EXTEND_LEASE, params))
+    return await _acknowledge(db, sql.EXTEND_LEASE, messages, worker_id, now, lease=lease)
 
 
 async def release(
@@ -212,13 +201,8 @@ async def release(
     messages back without burning their attempts). Do not release a message whose delivery
     may have started; reschedule it instead.
     """
-    _check_worker(worker_id)
     hold = None if delay is None else _seconds("delay", delay, positive=False)
-    if not messages:
-        return AckResult(frozenset(), frozenset())
-    params = _lease_params(messages, worker_id, now)
-    params["hold"] = hold
-    return _ack_result(messages, await fetch_all(db, sql.RELEASE, params))
+    return await _acknowledge(db, sql.RELEASE, messages, worker_id, now, hold=hold)
 
 
 async def reap_expired_locks(
@@ -261,18 +245,33 @@ def _reap_params(max_attempts: int, limit: int, now: datetime | None) -> dict[st
     return {"max_attempts": max_attempts, "limit": limit, "now": _checked_now(now)}
 
 
-def _lease_params(
-    messages: Sequence[ClaimedMessage], worker_id: str, now: datetime | None
-) -> dict[str, Any]:
-    return {
-        "lease_ids": [m.id for m in messages],
-        "lease_attempts": [m.attempts for m in messages],
-        "worker_id": worker_id,
-        "now": _checked_now(now),
-    }
+async def _run_fenced(
+    db: AsyncDB,
+    statement: Update,
+    messages: Sequence[ClaimedMessage],
+    worker_id: str,
+    now: datetime | None,
+    **values: Any,
+) -> Rows:
+    """Run an acknowledgement on the leases of ``messages`` (nothing to do: no round trip)."""
+    _check_worker(worker_id)
+    params = {"worker_id": worker_id, "now": _checked_now(now), **values}
+    if not messages:
+        return []
+    params["lease_ids"] = [m.id for m in messages]
+    params["lease_attempts"] = [m.attempts for m in messages]
+    return await fetch_all(db, statement, params)
 
 
-def _ack_result(messages: Sequence[ClaimedMessage], rows: Rows) -> AckResult:
+async def _acknowledge(
+    db: AsyncDB,
+    statement: Update,
+    messages: Sequence[ClaimedMessage],
+    worker_id: str,
+    now: datetime | None,
+    **values: Any,
+) -> AckResult:
+    rows = await _run_fenced(db, statement, messages, worker_id, now, **values)
     applied = frozenset(row[0] for row in rows)
     return AckResult(applied=applied, lost=frozenset(m.id for m in messages) - applied)
 
