@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import anyio
 from sqlalchemy import Executable
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -33,15 +32,11 @@ async def fetch_all(
 ) -> Rows:
     """Execute ``statement`` (which returns rows) and return all its rows as tuples.
 
-    On an engine the statement runs in its own transaction, and the transaction's end is
-    shielded from cancellation so that a cancelled caller never leaves its outcome unknown.
+    On an engine the statement runs in its own transaction, committed before returning.
     """
     if isinstance(db, AsyncEngine):
-        rows: Rows = []
-        with anyio.CancelScope(shield=True):
-            async with db.begin() as conn:
-                rows = await _fetch(conn, statement, params)
-        return rows
+        async with db.begin() as conn:
+            return await _fetch(conn, statement, params)
     return await _fetch(db, statement, params)
 
 

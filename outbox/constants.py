@@ -14,5 +14,8 @@ DEFAULT_REAP_LIMIT = 1000
 MAX_CLAIM_LIMIT = 10_000
 """Largest batch one claim may take."""
 
+MAX_DELAY_SECONDS = 10 * 365 * 24 * 3600.0
+"""Longest delay a message or a retry may be given (ten years)."""
+
 MAX_ERROR_LENGTH = 2000
 """Longer error texts are cut to this many characters before they are stored."""

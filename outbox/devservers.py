@@ -45,6 +45,7 @@ log = logging.getLogger("outbox.devservers")
 
 START_TIMEOUT = 30.0
 _PR_SET_PDEATHSIG = 1
+_PORT_ATTEMPTS = 3
 
 # Durability is pointless for a server whose data is deleted at exit; speed is not.
 _THROWAWAY_SETTINGS = {
@@ -155,24 +156,29 @@ def throwaway_postgres(bindir: Path | None = None) -> Iterator[str]:
         data = workdir / "data"
         initdb = [bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8"]
         _run(run_as, [*initdb, "--no-locale", "--no-sync"])
-        port = _free_port()
         settings = {**_THROWAWAY_SETTINGS, "unix_socket_directories": str(workdir)}
-        argv = [str(bindir / "postgres"), "-D", str(data), "-p", str(port)]
-        for name, value in settings.items():
-            argv += ["-c", f"{name}={value}"]
-        with (workdir / "server.log").open("wb") as server_log:  # the child keeps its copy
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=server_log,
-                cwd="/",
-                # Fast shutdown if this process dies without cleaning up (even by SIGKILL).
-                preexec_fn=_die_with_parent(signal.SIGINT),
-                **_as_user(run_as),
-            )
+        server_log = workdir / "server.log"
+
+        def launch(port: int) -> subprocess.Popen[bytes]:
+            argv = [str(bindir / "postgres"), "-D", str(data), "-p", str(port)]
+            for name, value in settings.items():
+                argv += ["-c", f"{name}={value}"]
+            with server_log.open("wb") as log_file:  # the child keeps its own copy
+                return subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log_file,
+                    cwd="/",
+                    # Fast shutdown if this process dies without cleaning up (even SIGKILL).
+                    preexec_fn=_die_with_parent(signal.SIGINT),
+                    **_as_user(run_as),
+                )
+
+        process, port = _start_on_free_port(
+            launch, lambda proc, _: _wait_for_postgres(data, proc, server_log), signal.SIGQUIT
+        )
         try:
-            _wait_for_postgres(data, process, workdir / "server.log")
             version = subprocess.run(
                 [bindir / "postgres", "--version"], capture_output=True, text=True, check=False
             ).stdout.strip()
@@ -257,12 +263,41 @@ def _die_with_parent(sig: signal.Signals) -> Callable[[], None]:
     return arrange
 
 
+class _ExitedAtStart(RuntimeError):
+    """The server process ended while starting (most often: its port was just taken)."""
+
+
+def _start_on_free_port(
+    launch: Callable[[int], subprocess.Popen[bytes]],
+    wait_ready: Callable[[subprocess.Popen[bytes], int], None],
+    stop_signal: signal.Signals,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Launch on a free port and wait until ready, trying other ports if it exits at start.
+
+    A free port can be taken by someone else between our probe and the server's bind.
+    """
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        port = _free_port()
+        process = launch(port)
+        try:
+            wait_ready(process, port)
+            return process, port
+        except _ExitedAtStart:
+            if attempt == _PORT_ATTEMPTS:
+                raise
+            log.info("server exited at start on port %d; trying another port", port)
+        except BaseException:
+            _stop(process, stop_signal)
+            raise
+    raise AssertionError("unreachable")
+
+
 def _wait_for_postgres(data: Path, process: subprocess.Popen[bytes], log_file: Path) -> None:
     """Until ``postmaster.pid`` says ``ready`` (line 8), or fail with the server's log."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
+            raise _ExitedAtStart(
                 f"postgres exited at start ({process.returncode}): "
                 f"{log_file.read_text(errors='replace')[-2000:]}"
             )
@@ -271,7 +306,6 @@ def _wait_for_postgres(data: Path, process: subprocess.Popen[bytes], log_file: P
             if len(lines) >= 8 and lines[7].strip() == "ready":
                 return
         time.sleep(0.05)
-    _stop(process, signal.SIGQUIT)
     raise RuntimeError(f"postgres was not ready within {START_TIMEOUT}s")
 
 
@@ -313,28 +347,36 @@ def throwaway_redis(binary: Path | None = None) -> Iterator[str]:
     """
     binary = binary or find_redis_server()
     workdir = Path(tempfile.mkdtemp(prefix="outbox-redis-"))
-    port = _free_port()
-    options = {
-        "port": str(port),
-        "bind": "127.0.0.1",
-        "save": "",
-        "appendonly": "no",
-        "dir": str(workdir),
-        "daemonize": "no",
-        "logfile": str(workdir / "redis.log"),
-    }
-    argv = [str(binary)]
-    for name, value in options.items():
-        argv += [f"--{name}", value]
-    process = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent(signal.SIGTERM),
-    )
+
+    def launch(port: int) -> subprocess.Popen[bytes]:
+        options = {
+            "port": str(port),
+            "bind": "127.0.0.1",
+            "save": "",
+            "appendonly": "no",
+            "dir": str(workdir),
+            "daemonize": "no",
+            "logfile": str(workdir / "redis.log"),
+        }
+        argv = [str(binary)]
+        for name, value in options.items():
+            argv += [f"--{name}", value]
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent(signal.SIGTERM),
+        )
+
     try:
-        _wait_for_redis(port, process)
+        process, port = _start_on_free_port(
+            launch, lambda proc, port: _wait_for_redis(port, proc), signal.SIGTERM
+        )
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    try:
         log.info("started throwaway Redis from %s on port %d", binary, port)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
@@ -366,7 +408,7 @@ def _wait_for_redis(port: int, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"redis-server exited at start with code {process.returncode}")
+            raise _ExitedAtStart(f"redis-server exited at start with code {process.returncode}")
         with (
             contextlib.suppress(OSError),
             socket.create_connection(("127.0.0.1", port), timeout=1) as sock,

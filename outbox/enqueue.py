@@ -1,27 +1,31 @@
 """Enqueue messages inside the caller's own transaction.
 
-The transactional guarantee: ``enqueue`` and ``enqueue_many`` only INSERT; they never commit,
-flush other state or open a transaction of their own. The new row becomes visible to workers
-exactly when the caller's transaction commits, and disappears with its rollback. Works with a
-SQLAlchemy ``Session`` or ``Connection`` (returns the value) and with an ``AsyncSession`` or
-``AsyncConnection`` (returns an awaitable).
+The transactional guarantee: ``enqueue`` and ``enqueue_many`` only INSERT; they never commit
+or open a transaction of their own. The new row becomes visible to workers exactly when the
+caller's transaction commits, and disappears with its rollback. (With a ``Session``,
+SQLAlchemy's autoflush may flush your pending changes first, as before any query, inside
+the same transaction.) Works with a SQLAlchemy ``Session`` or ``Connection`` (returns the
+value) and with an ``AsyncSession`` or ``AsyncConnection`` (returns an awaitable).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Awaitable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, overload
 
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from outbox._db import SyncDB
-from outbox.errors import InvalidMessageError
+from outbox.constants import MAX_DELAY_SECONDS
+from outbox.errors import InvalidMessageError, OutboxError
 from outbox.messages import NewMessage, Payload
 from outbox.statements import ENQUEUE, SELECT_BY_DEDUPE_KEY
 
@@ -106,7 +110,7 @@ async def _first(ids: Awaitable[list[int]]) -> int:
 def _enqueue(
     db: SyncDB | AsyncOrmDB, messages: Sequence[NewMessage]
 ) -> list[int] | Awaitable[list[int]]:
-    plan = _Plan([_validated(i, m) for i, m in enumerate(messages)])
+    plan = _Plan([_validated(f"messages[{i}]", m) for i, m in enumerate(messages)])
     if isinstance(db, (AsyncSession, AsyncConnection)):
         return _run_async(db, plan)
     if isinstance(db, (Session, Connection)):
@@ -161,6 +165,8 @@ class _Plan:
         for position, id_ in zip(self.plain, plain_ids, strict=True):
             ids[position] = id_
         for key, positions in self.by_key.items():
+            if key not in key_ids:  # deleted between our INSERT and SELECT: rare, retryable
+                raise OutboxError(f"the row with dedupe_key {key!r} vanished mid-enqueue; retry")
             for position in positions:
                 ids[position] = key_ids[key]
         return ids
@@ -186,8 +192,7 @@ async def _run_async(db: AsyncOrmDB, plan: _Plan) -> list[int]:
     return plan.ids(inserted, existing)
 
 
-def _validated(index: int, message: NewMessage) -> dict[str, Any]:
-    where = f"message {index}" if index else "message"
+def _validated(where: str, message: NewMessage) -> dict[str, Any]:
     if not isinstance(message, NewMessage):
         raise InvalidMessageError(f"{where}: expected NewMessage, got {type(message).__name__}")
     return {
@@ -218,18 +223,29 @@ def _check_text(where: str, name: str, value: object) -> str | None:
     return value
 
 
+# A NUL character as json escapes it: backslash-u0000 after an even number of other
+# backslashes (after an odd number it is an escaped backslash, then the text "u0000").
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def _payload_json(where: str, payload: object) -> str:
-    if isinstance(payload, BaseModel):
-        return payload.model_dump_json()
-    if not isinstance(payload, dict):
-        raise InvalidMessageError(
-            f"{where}: payload must be a dict or a pydantic model, not {type(payload).__name__}"
-        )
     try:
-        text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+        if isinstance(payload, BaseModel):
+            text = payload.model_dump_json()
+        elif isinstance(payload, dict):
+            text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+        else:
+            kind = type(payload).__name__
+            raise InvalidMessageError(
+                f"{where}: payload must be a dict or a pydantic model, not {kind}"
+            )
+    except (TypeError, ValueError, PydanticSerializationError) as exc:
+        if isinstance(exc, InvalidMessageError):
+            raise
         raise InvalidMessageError(f"{where}: payload is not JSON-serialisable: {exc}") from exc
-    if "\\u0000" in text:
+    if not text.startswith("{"):
+        raise InvalidMessageError(f"{where}: payload must serialise to a JSON object")
+    if _ESCAPED_NUL.search(text):
         raise InvalidMessageError(f"{where}: payload contains NUL, which jsonb cannot store")
     return text
 
@@ -249,6 +265,8 @@ def _schedule(where: str, delay: object, available_at: object) -> dict[str, Any]
         seconds = float(delay)
     else:
         raise InvalidMessageError(f"{where}: delay must be seconds or a timedelta")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise InvalidMessageError(f"{where}: delay must be finite and >= 0, got {delay!r}")
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_DELAY_SECONDS:
+        raise InvalidMessageError(
+            f"{where}: delay must be from 0 to {MAX_DELAY_SECONDS:.0f} seconds, got {delay!r}"
+        )
     return {"available_at": None, "delay": seconds}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from uuid import UUID
 
 from pydantic import BaseModel
 
@@ -38,10 +39,11 @@ class NewMessage:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedMessage:
-    """A row claimed by a worker: the lease is ``(id, attempts, locked_by)``.
+    """A row claimed by a worker, leased to ``locked_by`` under ``lease_token``.
 
-    ``attempts`` already counts this claim. Acknowledgements are fenced on that lease, so
-    keep the object and hand it back to ``mark_published``/``reschedule``/... unchanged.
+    ``attempts`` already counts this claim. Acknowledgements are fenced on ``(id,
+    lease_token)``, so keep the object and hand it back to ``mark_published``/
+    ``reschedule``/... unchanged.
     """
 
     id: int
@@ -54,6 +56,7 @@ class ClaimedMessage:
     locked_by: str
     locked_until: datetime
     error: str | None
+    lease_token: UUID
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,11 @@ Index plan (each keeps one hot query an index scan at any table size):
 * ``ix_outbox_dead_created_at``: ``(created_at) WHERE status = 'dead'`` -- listing and
   purging dead rows.
 * ``uq_outbox_dedupe_key``: unique ``(dedupe_key) WHERE dedupe_key IS NOT NULL``.
+
+Beyond DESIGN.md's columns, ``lease_token`` (uuid) names one claim: a fresh random value is
+set at every claim and cleared when the lease ends, and every acknowledgement is fenced on
+it. ``(id, attempts)`` alone is not unique per claim, because ``release`` hands the attempt
+back.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 __all__ = ["OUTBOX_TABLE_NAME", "Status", "metadata", "outbox_table"]
 
@@ -71,6 +76,7 @@ outbox_table = Table(
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("locked_by", Text, nullable=True),
+    Column("lease_token", UUID(as_uuid=True), nullable=True),
     Column("locked_until", DateTime(timezone=True), nullable=True),
     Column("error", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),

@@ -6,12 +6,14 @@ rebuilds or recompiles them. Callers pass the values at execution.
 
 Conventions shared by the templates:
 
-* ``:now`` -- ``NULL`` means the database clock (``now()``, the transaction start, shared
-  by all workers); a timestamp steps time in tests.
+* ``:now`` -- ``NULL`` means the database clock (``statement_timestamp()``: the start of
+  the statement, shared by all workers, and not held back by a long caller transaction);
+  a timestamp steps time in tests.
 * Status values are SQL literals, not parameters, so PostgreSQL matches the partial
   indexes' predicates even under generic (prepared) plans.
-* Acknowledgements join ``unnest(:lease_ids, :lease_attempts, ...) AS lease`` and apply
-  only where the row is still ``in_progress`` under that exact lease (fencing).
+* Acknowledgements join ``unnest(:lease_ids, :lease_tokens, ...) AS lease`` and apply
+  only where the row is still ``in_progress`` under that exact claim (fencing).
+* Id lists are one array parameter (``= ANY(:ids)``), never one parameter per id.
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
 from sqlalchemy.sql.dml import Insert, Update
-from sqlalchemy.sql.expression import CTE, ScalarSelect
+from sqlalchemy.sql.expression import CTE, ColumnClause, ScalarSelect
 
 from outbox.prefixes import TypeRange
 from outbox.schema import Status
@@ -71,7 +73,7 @@ IN_PROGRESS = literal_column(f"'{Status.IN_PROGRESS.value}'", Text)
 PUBLISHED = literal_column(f"'{Status.PUBLISHED.value}'", Text)
 DEAD = literal_column(f"'{Status.DEAD.value}'", Text)
 
-CLOCK = func.coalesce(bindparam("now", type_=DateTime(timezone=True)), func.now())
+CLOCK = func.coalesce(bindparam("now", type_=DateTime(timezone=True)), func.statement_timestamp())
 """``:now`` if given, else the database clock."""
 
 CLAIMED_COLUMNS = (
@@ -85,6 +87,7 @@ CLAIMED_COLUMNS = (
     t.c.locked_by,
     t.c.locked_until,
     t.c.error,
+    t.c.lease_token,
 )
 
 # -- enqueue -------------------------------------------------------------------------------
@@ -121,7 +124,8 @@ ENQUEUE: Insert = (
             _MESSAGES.c.dedupe_key,
             func.coalesce(
                 _MESSAGES.c.available_at,
-                func.now() + func.make_interval(0, 0, 0, 0, 0, 0, _MESSAGES.c.delay),
+                func.statement_timestamp()
+                + func.make_interval(0, 0, 0, 0, 0, 0, _MESSAGES.c.delay),
             ),
         ).order_by(_MESSAGES.c.ordinal),
     )
@@ -135,8 +139,9 @@ exists already are skipped (``ON CONFLICT DO NOTHING``). Returns ``(id, dedupe_k
 the inserted rows, in no particular order."""
 
 SELECT_BY_DEDUPE_KEY: Select[Any] = select(t.c.id, t.c.dedupe_key).where(
-    t.c.dedupe_key.in_(bindparam("wanted", expanding=True))
+    t.c.dedupe_key == func.any(bindparam("wanted", type_=ARRAY(Text)))
 )
+"""``(id, dedupe_key)`` of the rows holding any of the ``:wanted`` keys."""
 
 # -- claim ---------------------------------------------------------------------------------
 
@@ -151,14 +156,18 @@ def claim(ranges: tuple[TypeRange, ...] | None) -> Update:
     :data:`CLAIMED_COLUMNS`.
     """
     candidates = _oldest_claimable() if ranges is None else _oldest_claimable_of_types(ranges)
+    # "id = ANY(ARRAY(candidates))" rather than a join: whatever the planner guesses for an
+    # unknown :limit (generic plans), the update stays primary-key lookups.
+    chosen = func.array(select(candidates.c.id).scalar_subquery())
     return (
         update(t)
-        .where(t.c.id == candidates.c.id)
+        .where(t.c.id == func.any(chosen))
         .values(
             status=IN_PROGRESS,
             attempts=t.c.attempts + 1,
             locked_by=bindparam("worker_id", type_=Text),
             locked_until=CLOCK + bindparam("lease", type_=Interval()),
+            lease_token=func.gen_random_uuid(),
         )
         .returning(*CLAIMED_COLUMNS)
     )
@@ -246,12 +255,12 @@ def _pending_types(index: int, low: str | None, high: str | None) -> CTE:
 
 
 def _lease(**extra: Any) -> Any:
-    """``unnest(:lease_ids, :lease_attempts, :lease_<name>...) AS lease(id, attempts, ...)``."""
+    """``unnest(:lease_ids, :lease_tokens, :lease_<name>...) AS lease(id, token, ...)``."""
     arrays = [
         bindparam("lease_ids", type_=ARRAY(BigInteger)),
-        bindparam("lease_attempts", type_=ARRAY(Integer)),
+        bindparam("lease_tokens", type_=ARRAY(UUID(as_uuid=True))),
     ]
-    columns = [column("id", BigInteger), column("attempts", Integer)]
+    columns: list[ColumnClause[Any]] = [column("id", BigInteger), column("token", UUID())]
     for name, sql_type in extra.items():
         arrays.append(bindparam(f"lease_{name}", type_=ARRAY(sql_type)))
         columns.append(column(name, sql_type))
@@ -261,7 +270,7 @@ def _lease(**extra: Any) -> Any:
 def _fenced(lease: Any) -> tuple[ColumnElement[bool], ...]:
     return (
         t.c.id == lease.c.id,
-        t.c.attempts == lease.c.attempts,
+        t.c.lease_token == lease.c.token,
         t.c.status == IN_PROGRESS,
         t.c.locked_by == bindparam("worker_id", type_=Text),
     )
@@ -272,7 +281,14 @@ _plain_lease = _lease()
 MARK_PUBLISHED: Update = (
     update(t)
     .where(*_fenced(_plain_lease))
-    .values(status=PUBLISHED, published_at=CLOCK, locked_by=None, locked_until=None, error=None)
+    .values(
+        status=PUBLISHED,
+        published_at=CLOCK,
+        locked_by=None,
+        locked_until=None,
+        lease_token=None,
+        error=None,
+    )
     .returning(t.c.id)
 )
 """Leased rows -> ``published``. Returns the ids it changed."""
@@ -282,7 +298,9 @@ _error_lease = _lease(error=Text)
 MARK_DEAD: Update = (
     update(t)
     .where(*_fenced(_error_lease))
-    .values(status=DEAD, error=_error_lease.c.error, locked_by=None, locked_until=None)
+    .values(
+        status=DEAD, error=_error_lease.c.error, locked_by=None, locked_until=None, lease_token=None
+    )
     .returning(t.c.id)
 )
 """Leased rows -> ``dead`` with ``:lease_error``. Returns the ids it changed."""
@@ -298,6 +316,7 @@ RESCHEDULE: Update = (
         error=_retry_lease.c.error,
         locked_by=None,
         locked_until=None,
+        lease_token=None,
     )
     .returning(t.c.id, t.c.status)
 )
@@ -307,10 +326,13 @@ RESCHEDULE: Update = (
 EXTEND_LEASE: Update = (
     update(t)
     .where(*_fenced(_plain_lease))
-    .values(locked_until=CLOCK + bindparam("lease", type_=Interval()))
+    # A heartbeat never shortens a lease.
+    .values(
+        locked_until=func.greatest(t.c.locked_until, CLOCK + bindparam("lease", type_=Interval()))
+    )
     .returning(t.c.id)
 )
-"""Leased rows' lease -> ``now + :lease``. Returns the ids it changed."""
+"""Leased rows' lease -> at least ``now + :lease``. Returns the ids it changed."""
 
 RELEASE: Update = (
     update(t)
@@ -324,6 +346,7 @@ RELEASE: Update = (
         ),
         locked_by=None,
         locked_until=None,
+        lease_token=None,
     )
     .returning(t.c.id)
 )
@@ -342,7 +365,7 @@ _expired = (
 
 REAP: Update = (
     update(t)
-    .where(t.c.id == _expired.c.id)
+    .where(t.c.id == func.any(func.array(select(_expired.c.id).scalar_subquery())))
     .values(
         status=case(
             (t.c.attempts >= bindparam("max_attempts", type_=Integer), DEAD), else_=PENDING
@@ -354,6 +377,7 @@ REAP: Update = (
         + cast(t.c.attempts, Text),
         locked_by=None,
         locked_until=None,
+        lease_token=None,
     )
     .returning(t.c.id, t.c.status)
 )

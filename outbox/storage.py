@@ -5,14 +5,18 @@ transaction and commits before returning; an ``AsyncConnection``/``AsyncSession`
 caller's transaction, which the caller must commit promptly (claimed rows stay row-locked
 until then). Each call is one statement (one round trip), whatever the batch size.
 
-**Fencing.** A claim's lease is ``(id, attempts, locked_by)``: ``attempts`` grows at every
-claim. Every acknowledgement applies only to rows still ``in_progress`` under that exact
-lease, so a worker whose lease expired and whose row was reaped or claimed again changes
-nothing; the result reports those ids as ``lost``. A lease that expired but was neither
-reaped nor claimed again is still honoured.
+**Fencing.** Every claim gives each row a fresh random ``lease_token``. Every
+acknowledgement applies only to rows still ``in_progress`` under that token and the same
+``worker_id``, so a worker whose lease expired and whose row was reaped or claimed again
+(even by itself) changes nothing; the result reports those ids as ``lost``. A lease that
+expired but was neither reaped nor claimed again is still honoured.
 
-**Time.** ``now=None`` uses the database clock (``now()``, the transaction start), shared
-by all workers; pass a timezone-aware ``now`` to step time in tests.
+**Time.** ``now=None`` uses the database clock (``statement_timestamp()``), shared by all
+workers; pass a timezone-aware ``now`` to step time in tests.
+
+**Cancellation.** A call cancelled mid-flight may or may not have taken effect, which is
+safe by design: a claim whose result was lost is reaped when its lease ends, and an
+acknowledgement that did not apply means the message is delivered again (at least once).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from outbox.constants import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_REAP_LIMIT,
     MAX_CLAIM_LIMIT,
+    MAX_DELAY_SECONDS,
     MAX_ERROR_LENGTH,
 )
 from outbox.errors import InvalidArgumentError
@@ -179,7 +184,9 @@ async def extend_lease(
     lock_seconds: float,
     now: datetime | None = None,
 ) -> AckResult:
-    """Heartbeat: push the lease of messages still held to ``now + lock_seconds``. Fenced.
+    """Heartbeat: extend the lease of messages still held to ``now + lock_seconds``. Fenced.
+
+    Never shortens a lease.
 
     Ids in ``lost`` were reaped (or claimed again) already: stop working on them.
     """
@@ -259,7 +266,7 @@ async def _run_fenced(
     if not messages:
         return []
     params["lease_ids"] = [m.id for m in messages]
-    params["lease_attempts"] = [m.attempts for m in messages]
+    params["lease_tokens"] = [m.lease_token for m in messages]
     return await fetch_all(db, statement, params)
 
 
@@ -277,7 +284,12 @@ async def _acknowledge(
 
 
 def _error_for(message: ClaimedMessage, error: str | Mapping[int, str]) -> str:
-    text = error if isinstance(error, str) else error.get(message.id, "")
+    if isinstance(error, str):
+        text = error
+    elif message.id in error:
+        text = error[message.id]
+    else:
+        raise InvalidArgumentError(f"error: no entry for message {message.id}")
     if len(text) > MAX_ERROR_LENGTH:
         text = text[: MAX_ERROR_LENGTH - 1] + "…"
     return text.replace("\x00", "")
@@ -302,9 +314,12 @@ def _checked_now(now: datetime | None) -> datetime | None:
 
 def _seconds(name: str, value: float | timedelta, *, positive: bool) -> timedelta:
     seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if not math.isfinite(seconds) or seconds < 0 or (positive and seconds == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise InvalidArgumentError(f"{name} must be finite and {bound}, got {value!r}")
+    too_small = seconds <= 0 if positive else seconds < 0
+    if not math.isfinite(seconds) or too_small or seconds > MAX_DELAY_SECONDS:
+        low = "> 0" if positive else ">= 0"
+        raise InvalidArgumentError(
+            f"{name} must be {low} and at most {MAX_DELAY_SECONDS:.0f} seconds, got {value!r}"
+        )
     return timedelta(seconds=seconds)
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from outbox import (
     ClaimedMessage,
     FixedSchedule,
+    InvalidArgumentError,
     NewMessage,
     Status,
     claim_batch,
@@ -25,6 +26,7 @@ from outbox import (
     reschedule,
     stats,
 )
+from outbox._db import AsyncDB
 
 pytestmark = pytest.mark.anyio
 
@@ -42,7 +44,7 @@ async def add(engine: AsyncEngine, count: int = 1, type_: str = "message.created
         )
 
 
-async def claim(engine: AsyncEngine, worker: str, now: datetime) -> list[ClaimedMessage]:
+async def claim(engine: AsyncDB, worker: str, now: datetime) -> list[ClaimedMessage]:
     return await claim_batch(engine, limit=100, lock_seconds=10, worker_id=worker, now=now)
 
 
@@ -105,6 +107,53 @@ async def test_same_worker_reclaiming_is_fenced_by_the_attempt(engine: AsyncEngi
     [second] = await claim(engine, "w1", at(21))
     assert (await mark_published(engine, [first], worker_id="w1")).lost == {id_}
     assert (await mark_published(engine, [second], worker_id="w1")).applied == {id_}
+
+
+async def test_a_released_and_reclaimed_row_fences_out_the_first_claim(
+    engine: AsyncEngine,
+) -> None:
+    """Release hands the attempt back, so (id, attempts, worker) repeats: the token does not."""
+    [id_] = await add(engine)
+    [first] = await claim(engine, "w1", at(1))
+    assert (await release(engine, [first], worker_id="w1")).applied == {id_}
+    [second] = await claim(engine, "w1", at(2))
+    assert (first.attempts, second.attempts) == (1, 1)
+    assert first.lease_token != second.lease_token
+    late = await reschedule(engine, [first], worker_id="w1", error="stale", max_attempts=1)
+    assert late.lost == {id_}
+    assert (await mark_published(engine, [second], worker_id="w1")).applied == {id_}
+
+
+async def test_another_worker_cannot_acknowledge_a_lease_it_does_not_hold(
+    engine: AsyncEngine,
+) -> None:
+    [id_] = await add(engine)
+    [message] = await claim(engine, "w1", at(1))
+    assert (await mark_published(engine, [message], worker_id="w2")).lost == {id_}
+    assert (await extend_lease(engine, [message], worker_id="w2", lock_seconds=60)).lost == {id_}
+    row = await state(engine, id_)
+    assert (row["status"], row["locked_by"]) == (Status.IN_PROGRESS, "w1")
+
+
+async def test_a_heartbeat_never_shortens_a_lease(engine: AsyncEngine) -> None:
+    [id_] = await add(engine)
+    [message] = await claim_batch(engine, limit=1, lock_seconds=300, worker_id="w1", now=at(0))
+    assert (await extend_lease(engine, [message], worker_id="w1", lock_seconds=5, now=at(1))).ok
+    assert (await reap_expired_locks(engine, now=at(299))).requeued == set()
+    assert (await reap_expired_locks(engine, now=at(301))).requeued == {id_}
+
+
+async def test_a_claim_joins_the_callers_transaction(engine: AsyncEngine) -> None:
+    [id_] = await add(engine)
+    async with engine.connect() as conn:
+        [message] = await claim(conn, "w1", at(1))
+        await conn.rollback()  # the claim is undone with the caller's transaction
+    assert (await state(engine, id_))["status"] == Status.PENDING
+    async with engine.connect() as conn:
+        [message] = await claim(conn, "w1", at(1))
+        assert (await mark_published(conn, [message], worker_id="w1")).ok
+        await conn.commit()
+    assert (await state(engine, id_))["status"] == Status.PUBLISHED
 
 
 async def test_an_expired_but_unreaped_lease_may_still_be_acknowledged(
@@ -221,9 +270,11 @@ async def test_release_hands_rows_back_without_counting_the_attempt(engine: Asyn
 async def test_mark_dead_gives_up_at_once_with_the_reason(engine: AsyncEngine) -> None:
     a, b = await add(engine, 2)
     batch = await claim(engine, "w1", at(0))
-    result = await mark_dead(engine, batch, worker_id="w1", error={a: "404 unknown document"})
+    with pytest.raises(InvalidArgumentError, match=f"error: no entry for message {b}"):
+        await mark_dead(engine, batch, worker_id="w1", error={a: "404 unknown document"})
+    result = await mark_dead(engine, batch, worker_id="w1", error={a: "404", b: "403"})
     assert result.applied == {a, b}
-    assert (await state(engine, a))["error"] == "404 unknown document"
+    assert (await state(engine, a))["error"] == "404"
     assert (await state(engine, b))["status"] == Status.DEAD
     assert await claim(engine, "w1", at(100)) == []
 

@@ -164,7 +164,7 @@ async def test_several_prefixes_and_include_with_exclude(engine: AsyncEngine) ->
     [
         ({"limit": 0}, "limit must be an integer from 1 to 10000"),
         ({"limit": 10_001}, "limit must be an integer from 1 to 10000"),
-        ({"lock_seconds": 0}, "lock_seconds must be finite and > 0"),
+        ({"lock_seconds": 0}, "lock_seconds must be > 0"),
         ({"worker_id": ""}, "worker_id must be a non-empty string"),
         ({"include_type_prefix": ""}, "type prefixes must be non-empty strings"),
         ({"exclude_type_prefix": ["ok.", 3]}, "type prefixes must be non-empty strings"),

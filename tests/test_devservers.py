@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
 import pytest
 import redis
 
+from outbox import devservers
 from outbox.dburl import libpq_dsn
 from outbox.devservers import (
     LocalServices,
@@ -115,3 +118,20 @@ def test_servers_stop_when_their_owner_is_killed() -> None:
         time.sleep(0.2)
     assert not postgres_reachable(urls["DATABASE_URL"], timeout=1)
     assert not redis_reachable(urls["REDIS_URL"], timeout=1)
+
+
+@pytest.mark.parametrize("start", [throwaway_postgres, throwaway_redis], ids=["pg", "redis"])
+def test_a_port_taken_after_the_probe_is_survived(
+    start: Callable[[], contextlib.AbstractContextManager[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken])
+        real_free_port = devservers._free_port
+        monkeypatch.setattr(devservers, "_free_port", lambda: next(ports, None) or real_free_port())
+        with start() as url:
+            assert f":{taken}/" not in url
+            assert postgres_reachable(url) if url.startswith("postgresql") else redis_reachable(url)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import anyio
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, RootModel
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
@@ -85,6 +86,13 @@ async def test_sync_session_and_connection(engine: AsyncEngine, sync_engine: Eng
         (from_session, "message.created", {"via": "session"}),
         (from_connection[0], "room.updated", {"via": "connection"}),
     ]
+
+
+class Nul(BaseModel):
+    text: str
+
+
+Items = RootModel[list[int]]
 
 
 class Created(BaseModel):
@@ -171,7 +179,10 @@ async def test_delay_and_available_at_hold_messages_back(engine: AsyncEngine) ->
         (NewMessage("a.b", {"x": float("nan")}), "payload is not JSON-serialisable"),
         (NewMessage("a.b", {"x": "\x00"}), "payload contains NUL"),
         (NewMessage("a.b", {}, key=5), "key must be a string"),  # type: ignore[arg-type]
-        (NewMessage("a.b", {}, delay=-1), "delay must be finite and >= 0"),
+        (NewMessage("a.b", {}, delay=-1), "delay must be from 0 to 315360000 seconds"),
+        (NewMessage("a.b", {}, delay=1e300), "delay must be from 0 to 315360000 seconds"),
+        (NewMessage("a.b", Nul(text="a\x00b")), "payload contains NUL"),
+        (NewMessage("a.b", Items([1, 2])), "payload must serialise to a JSON object"),
         (NewMessage("a.b", {}, delay="5"), "delay must be seconds or a timedelta"),  # type: ignore[arg-type]
         (
             NewMessage("a.b", {}, available_at=datetime(2030, 1, 1)),
@@ -190,6 +201,39 @@ async def test_bad_messages_are_rejected_before_anything_is_written(
         with pytest.raises(InvalidMessageError, match=error):
             await enqueue_many(conn, [NewMessage("ok.first", {}), message])
     assert await all_rows(engine) == []
+
+
+async def test_a_literal_backslash_u0000_is_not_mistaken_for_nul(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        id_ = await enqueue(conn, "a.b", {"path": "C:\\u0000dir"})
+    assert await all_rows(engine) == [(id_, "a.b", {"path": "C:\\u0000dir"})]
+
+
+async def test_concurrent_enqueues_of_one_dedupe_key_make_one_row(engine: AsyncEngine) -> None:
+    async with engine.connect() as first, engine.connect() as second:
+        first_id = await enqueue(first, "x.y", {"by": "first"}, dedupe_key="same")
+        # The second insert waits on the first transaction's unique-index entry...
+        waiting = anyio.Event()
+
+        async def second_enqueue() -> int:
+            waiting.set()
+            return await enqueue(second, "x.y", {"by": "second"}, dedupe_key="same")
+
+        async with anyio.create_task_group() as tg:
+            result: list[int] = []
+
+            async def run_second() -> None:
+                result.append(await second_enqueue())
+                await second.commit()
+
+            tg.start_soon(run_second)
+            await waiting.wait()
+            await anyio.sleep(0.2)
+            assert result == []  # ...until the first commits,
+            await first.commit()
+    # ...and then returns the committed row's id instead of inserting a second row.
+    assert result == [first_id]
+    assert await all_rows(engine) == [(first_id, "x.y", {"by": "first"})]
 
 
 async def test_wrong_handle_type_is_a_clear_error() -> None:

@@ -71,6 +71,38 @@ def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
     assert tables(empty_database) == {"outbox", VERSION_TABLE}
 
 
+def test_what_autogenerate_cannot_see_matches_the_metadata(empty_database: str) -> None:
+    """Partial-index predicates and the type column's collation, which Alembic ignores."""
+    upgrade(empty_database)
+    definitions = names(
+        empty_database,
+        "SELECT regexp_replace(indexdef, '^.* USING ', '') FROM pg_indexes"
+        " WHERE tablename = 'outbox'",
+    )
+    assert definitions == {
+        "btree (id)",
+        "btree (next_attempt_at, id) WHERE (status = 'pending'::text)",
+        "btree (type, next_attempt_at, id) WHERE (status = 'pending'::text)",
+        "btree (locked_until) WHERE (status = 'in_progress'::text)",
+        "btree (published_at) WHERE (status = 'published'::text)",
+        "btree (created_at) WHERE (status = 'dead'::text)",
+        "btree (dedupe_key) WHERE (dedupe_key IS NOT NULL)",
+    }
+    collations = names(
+        empty_database,
+        "SELECT column_name || ':' || coalesce(collation_name, '-')"
+        " FROM information_schema.columns WHERE table_name = 'outbox' AND data_type = 'text'",
+    )
+    assert collations == {
+        "type:C",
+        "key:-",
+        "status:-",
+        "locked_by:-",
+        "error:-",
+        "dedupe_key:-",
+    }
+
+
 def test_autogenerate_finds_no_difference(empty_database: str) -> None:
     upgrade(empty_database)
 
