@@ -110,7 +110,8 @@ async def _first(ids: Awaitable[list[int]]) -> int:
 def _enqueue(
     db: SyncDB | AsyncOrmDB, messages: Sequence[NewMessage]
 ) -> list[int] | Awaitable[list[int]]:
-    plan = _Plan([_validated(f"messages[{i}]", m) for i, m in enumerate(messages)])
+    labels = ["message"] if len(messages) == 1 else [f"messages[{i}]" for i in range(len(messages))]
+    plan = _Plan([_validated(label, m) for label, m in zip(labels, messages, strict=True)])
     if isinstance(db, (AsyncSession, AsyncConnection)):
         return _run_async(db, plan)
     if isinstance(db, (Session, Connection)):
