@@ -12,8 +12,10 @@ when the ``with`` block ends. Where the binaries come from, first found wins:
 
 The servers are children of this process and Linux stops them if it dies without cleaning
 up, even by SIGKILL (Linux ties that to the thread that started them: start them from the
-main thread, or from a thread that lives as long as they should). ``python -m outbox.devservers`` starts both, prints their URLs and
-waits for Ctrl-C or SIGTERM.
+main thread, or from a thread that lives as long as they should).
+
+``python -m outbox.devservers`` starts both, prints their URLs and waits for Ctrl-C or
+SIGTERM.
 """
 
 from __future__ import annotations
