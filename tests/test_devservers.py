@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -94,6 +95,7 @@ def test_unreachable_configured_servers_fall_back_to_throwaway_ones() -> None:
 
 def test_servers_stop_when_their_owner_is_killed() -> None:
     """SIGKILL leaves no cleanup code to run: the kernel stops the servers instead."""
+    before = set(Path(tempfile.gettempdir()).glob("outbox-*"))
     owner = subprocess.Popen(
         [sys.executable, "-m", "outbox.devservers"],
         env={k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
@@ -118,6 +120,9 @@ def test_servers_stop_when_their_owner_is_killed() -> None:
         time.sleep(0.2)
     assert not postgres_reachable(urls["DATABASE_URL"], timeout=1)
     assert not redis_reachable(urls["REDIS_URL"], timeout=1)
+    # Only the files are left behind (nothing could delete them); tidy up after the test.
+    for leftover in set(Path(tempfile.gettempdir()).glob("outbox-*")) - before:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 @pytest.mark.parametrize("start", [throwaway_postgres, throwaway_redis], ids=["pg", "redis"])
