@@ -78,8 +78,13 @@ async def claim_batch(
     ``now + lock_seconds``, with ``attempts`` incremented. Returned oldest first
     (``next_attempt_at``, then ``id``).
     """
-    statement, params = _claim(
-        limit, lock_seconds, worker_id, include_type_prefix, exclude_type_prefix, now
+    statement, params = claim_statement(
+        limit=limit,
+        lock_seconds=lock_seconds,
+        worker_id=worker_id,
+        include_type_prefix=include_type_prefix,
+        exclude_type_prefix=exclude_type_prefix,
+        now=now,
     )
     claimed = [ClaimedMessage(*row) for row in await fetch_all(db, statement, params)]
     claimed.sort(key=lambda m: (m.next_attempt_at, m.id))
@@ -96,20 +101,9 @@ def claim_statement(
     now: datetime | None = None,
 ) -> tuple[Update, Mapping[str, object]]:
     """The statement :func:`claim_batch` runs and its parameters (for EXPLAIN)."""
-    return _claim(limit, lock_seconds, worker_id, include_type_prefix, exclude_type_prefix, now)
-
-
-def _claim(
-    limit: int,
-    lock_seconds: float,
-    worker_id: str,
-    include: PrefixArg,
-    exclude: PrefixArg,
-    now: datetime | None,
-) -> tuple[Update, dict[str, Any]]:
     _check_limit(limit)
     _check_worker(worker_id)
-    ranges = type_ranges(include, exclude)
+    ranges = type_ranges(include_type_prefix, exclude_type_prefix)
     params = {
         "limit": limit,
         "worker_id": worker_id,
