@@ -76,6 +76,9 @@ DEAD = literal_column(f"'{Status.DEAD.value}'", Text)
 CLOCK = func.coalesce(bindparam("now", type_=DateTime(timezone=True)), func.statement_timestamp())
 """``:now`` if given, else the database clock."""
 
+SECOND = literal_column("interval '1 second'", Interval())
+"""A number of seconds times this is an interval."""
+
 CLAIMED_COLUMNS = (
     t.c.id,
     t.c.type,
@@ -124,8 +127,7 @@ ENQUEUE: Insert = (
             _MESSAGES.c.dedupe_key,
             func.coalesce(
                 _MESSAGES.c.available_at,
-                func.statement_timestamp()
-                + func.make_interval(0, 0, 0, 0, 0, 0, _MESSAGES.c.delay),
+                func.statement_timestamp() + _MESSAGES.c.delay * SECOND,
             ),
         ).order_by(_MESSAGES.c.ordinal),
     )
@@ -312,7 +314,7 @@ RESCHEDULE: Update = (
     .where(*_fenced(_retry_lease))
     .values(
         status=case((_retry_lease.c.give_up, DEAD), else_=PENDING),
-        next_attempt_at=CLOCK + func.make_interval(0, 0, 0, 0, 0, 0, _retry_lease.c.delay),
+        next_attempt_at=CLOCK + _retry_lease.c.delay * SECOND,
         error=_retry_lease.c.error,
         locked_by=None,
         locked_until=None,
