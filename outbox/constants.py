@@ -11,6 +11,10 @@ DEFAULT_LOCK_SECONDS = 30.0
 DEFAULT_REAP_LIMIT = 1000
 """Expired leases reaped per statement, to keep each reap short."""
 
+FILTERED_CLAIM_POOL_FACTOR = 2
+"""A type-filtered claim picks from the oldest ``limit * factor`` rows, so that claimers
+racing for the same oldest rows each still fill their batch."""
+
 MAX_CLAIM_LIMIT = 10_000
 """Largest batch one claim may take."""
 

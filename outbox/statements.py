@@ -24,7 +24,6 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     BigInteger,
-    Boolean,
     ColumnElement,
     DateTime,
     Float,
@@ -152,7 +151,8 @@ SELECT_BY_DEDUPE_KEY: Select[Any] = select(t.c.id, t.c.dedupe_key).where(
 def claim(ranges: tuple[TypeRange, ...] | None) -> Update:
     """The claim for a type filter (``None``: every type), as one statement.
 
-    Parameters: ``:limit``, ``:worker_id``, ``:lease`` (interval), ``:now``. Stage 1
+    Parameters: ``:limit``, ``:pool`` (filtered claims), ``:worker_id``, ``:lease``
+    (interval), ``:now``. Stage 1
     (``candidates``) picks the oldest claimable ids, locking them and skipping rows other
     claimers hold; stage 2 leases those rows and counts the attempt. Returns
     :data:`CLAIMED_COLUMNS`.
@@ -199,13 +199,15 @@ def _oldest_claimable_of_types(ranges: tuple[TypeRange, ...]) -> CTE:
 
     1. ``pending_types``: the distinct pending types inside the ranges, found by a loose
        index scan of ``ix_outbox_claimable_type`` (one index probe per type);
-    2. per type, the oldest ``limit`` claimable rows, read in index order and locked with
-       SKIP LOCKED (a LATERAL subquery);
-    3. merged by age, keeping the oldest ``limit``. Rows locked in step 2 but not kept are
-       released when the claim's transaction commits, a moment later.
+    2. ``pool``: per type, the oldest ``:pool`` claimable rows in index order (a LATERAL
+       subquery, no locks), merged by age, keeping the oldest ``:pool``;
+    3. of those, lock the oldest ``:limit`` still claimable, skipping rows other claimers
+       hold (``FOR UPDATE SKIP LOCKED``; the status is re-checked on the locked row).
 
-    Cost grows with the number of distinct pending types in the ranges, not with the size
-    of any backlog.
+    Only the claimed rows are locked. ``:pool`` is larger than ``:limit`` (see
+    :data:`~outbox.constants.FILTERED_CLAIM_POOL_FACTOR`) so that claimers racing for the
+    same oldest rows still fill their batches. Cost grows with the number of distinct
+    pending types in the ranges, not with the size of any backlog.
     """
     type_sets = [_pending_types(i, low, high) for i, (low, high) in enumerate(ranges)]
     if not type_sets:
@@ -213,6 +215,7 @@ def _oldest_claimable_of_types(ranges: tuple[TypeRange, ...]) -> CTE:
     pending_types = union_all(
         *(select(types.c.type).where(types.c.type.isnot(None)) for types in type_sets)
     ).subquery("pending_types")
+    pool_size = bindparam("pool", type_=Integer)
     per_type = (
         select(t.c.id, t.c.next_attempt_at)
         .where(
@@ -221,15 +224,26 @@ def _oldest_claimable_of_types(ranges: tuple[TypeRange, ...]) -> CTE:
             t.c.next_attempt_at <= CLOCK,
         )
         .order_by(t.c.next_attempt_at, t.c.id)
-        .limit(_limit())
-        .with_for_update(skip_locked=True)
+        .limit(pool_size)
         .lateral("per_type")
     )
-    return (
+    pool = (
         select(per_type.c.id)
         .select_from(pending_types.join(per_type, true()))
         .order_by(per_type.c.next_attempt_at, per_type.c.id)
+        .limit(pool_size)
+        .cte("pool")
+    )
+    return (
+        select(t.c.id)
+        .where(
+            t.c.id == func.any(func.array(select(pool.c.id).scalar_subquery())),
+            t.c.status == PENDING,
+            t.c.next_attempt_at <= CLOCK,
+        )
+        .order_by(t.c.next_attempt_at, t.c.id)
         .limit(_limit())
+        .with_for_update(skip_locked=True)
         .cte("candidates")
     )
 
@@ -307,13 +321,15 @@ MARK_DEAD: Update = (
 )
 """Leased rows -> ``dead`` with ``:lease_error``. Returns the ids it changed."""
 
-_retry_lease = _lease(error=Text, delay=Float, give_up=Boolean)
+_retry_lease = _lease(error=Text, delay=Float)
 
 RESCHEDULE: Update = (
     update(t)
     .where(*_fenced(_retry_lease))
     .values(
-        status=case((_retry_lease.c.give_up, DEAD), else_=PENDING),
+        status=case(
+            (t.c.attempts >= bindparam("max_attempts", type_=Integer), DEAD), else_=PENDING
+        ),
         next_attempt_at=CLOCK + _retry_lease.c.delay * SECOND,
         error=_retry_lease.c.error,
         locked_by=None,
@@ -322,8 +338,9 @@ RESCHEDULE: Update = (
     )
     .returning(t.c.id, t.c.status)
 )
-"""Leased rows -> ``pending`` after ``:lease_delay`` seconds, or ``dead`` where
-``:lease_give_up``; ``error`` from ``:lease_error``. Returns ``(id, new status)``."""
+"""Leased rows -> ``pending`` after ``:lease_delay`` seconds, or ``dead`` once their
+attempts reach ``:max_attempts``; ``error`` from ``:lease_error``. Returns
+``(id, new status)``."""
 
 EXTEND_LEASE: Update = (
     update(t)

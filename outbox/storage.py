@@ -34,6 +34,7 @@ from outbox.backoff import BackoffPolicy, ExponentialBackoff
 from outbox.constants import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_REAP_LIMIT,
+    FILTERED_CLAIM_POOL_FACTOR,
     MAX_CLAIM_LIMIT,
     MAX_DELAY_SECONDS,
     MAX_ERROR_LENGTH,
@@ -110,7 +111,10 @@ def claim_statement(
         "lease": _seconds("lock_seconds", lock_seconds, positive=True),
         "now": _checked_now(now),
     }
-    return sql.claim(None if ranges is None else tuple(ranges)), params
+    if ranges is None:
+        return sql.claim(None), params
+    params["pool"] = limit * FILTERED_CLAIM_POOL_FACTOR
+    return sql.claim(tuple(ranges)), params
 
 
 async def mark_published(
@@ -162,7 +166,7 @@ async def reschedule(
         now,
         lease_error=[_error_for(m, error) for m in messages],
         lease_delay=[_retry_delay(m, delay, backoff) for m in messages],
-        lease_give_up=[m.attempts >= max_attempts for m in messages],
+        max_attempts=max_attempts,
     )
     dead = frozenset(id_ for id_, status in rows if status == Status.DEAD)
     retried = frozenset(id_ for id_, status in rows if status == Status.PENDING)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from outbox import (
     ClaimedMessage,
@@ -54,7 +54,12 @@ async def state(engine: AsyncEngine, id_: int) -> dict[str, Any]:
         row = (
             await conn.execute(
                 select(
-                    t.c.status, t.c.attempts, t.c.locked_by, t.c.error, t.c.next_attempt_at
+                    t.c.status,
+                    t.c.attempts,
+                    t.c.locked_by,
+                    t.c.error,
+                    t.c.next_attempt_at,
+                    t.c.lease_token,
                 ).where(t.c.id == id_)
             )
         ).one()
@@ -67,7 +72,12 @@ async def test_mark_published_acknowledges_a_whole_batch(engine: AsyncEngine) ->
     result = await mark_published(engine, batch, worker_id="w1", now=at(2))
     assert (result.applied, result.lost, result.ok) == (frozenset(ids), frozenset(), True)
     for id_ in ids:
-        assert (await state(engine, id_))["status"] == Status.PUBLISHED
+        row = await state(engine, id_)
+        assert (row["status"], row["locked_by"], row["lease_token"]) == (
+            Status.PUBLISHED,
+            None,
+            None,
+        )
     again = await mark_published(engine, batch, worker_id="w1")
     assert again.lost == frozenset(ids)  # already published: a second ack changes nothing
 
@@ -81,7 +91,12 @@ async def test_expired_lease_is_reaped_reclaimed_and_the_old_holder_is_fenced_ou
     assert (early.requeued, early.dead) == (set(), set())
     reaped = await reap_expired_locks(engine, now=at(12))
     assert (reaped.requeued, reaped.dead) == (frozenset({id_}), frozenset())
-    assert (await state(engine, id_))["error"] == "lease expired (held by w1) after attempt 1"
+    row = await state(engine, id_)
+    assert (row["error"], row["locked_by"], row["lease_token"]) == (
+        "lease expired (held by w1) after attempt 1",
+        None,
+        None,
+    )
 
     [fresh] = await claim(engine, "w2", at(13))
     assert (fresh.id, fresh.attempts, fresh.locked_by) == (id_, 2, "w2")
@@ -100,7 +115,9 @@ async def test_expired_lease_is_reaped_reclaimed_and_the_old_holder_is_fenced_ou
     assert (await state(engine, id_))["status"] == Status.PUBLISHED
 
 
-async def test_same_worker_reclaiming_is_fenced_by_the_attempt(engine: AsyncEngine) -> None:
+async def test_same_worker_reclaiming_after_a_reap_is_fenced_by_the_lease_token(
+    engine: AsyncEngine,
+) -> None:
     [id_] = await add(engine)
     [first] = await claim(engine, "w1", at(1))
     await reap_expired_locks(engine, now=at(20))
@@ -287,10 +304,19 @@ async def test_long_errors_are_cut(engine: AsyncEngine) -> None:
     assert len(error) == 2000 and error.endswith("…")
 
 
-async def test_empty_batches_touch_nothing(engine: AsyncEngine) -> None:
-    assert (await mark_published(engine, [], worker_id="w")).ok
-    assert (await reschedule(engine, [], worker_id="w", error="e")).ok
-    assert (await release(engine, [], worker_id="w")).ok
+async def test_empty_batches_make_no_round_trip() -> None:
+    # An engine whose server does not exist: any statement would fail to connect.
+    nowhere = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:9/none")
+    try:
+        assert (await mark_published(nowhere, [], worker_id="w")).ok
+        assert (await mark_dead(nowhere, [], worker_id="w", error="e")).ok
+        assert (await reschedule(nowhere, [], worker_id="w", error="e")).ok
+        assert (await extend_lease(nowhere, [], worker_id="w", lock_seconds=5)).ok
+        assert (await release(nowhere, [], worker_id="w")).ok
+        with pytest.raises(OSError):
+            await reap_expired_locks(nowhere)  # ...as this one shows
+    finally:
+        await nowhere.dispose()
 
 
 async def test_stats_counts_by_status_and_prefix(engine: AsyncEngine) -> None:

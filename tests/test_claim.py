@@ -74,6 +74,34 @@ async def test_eight_concurrent_claimers_take_every_id_exactly_once(
     assert sum(1 for ids in per_worker.values() if ids) >= 2  # the work really was shared
 
 
+@pytest.mark.parametrize(
+    "second_claim",
+    [{"exclude_type_prefix": "document."}, {}],
+    ids=["filtered", "unfiltered"],
+)
+async def test_a_claim_held_open_locks_only_the_rows_it_claimed(
+    engine: AsyncEngine, second_claim: dict[str, object]
+) -> None:
+    """With many busy types, a filtered claim must not hold more locks than it claims."""
+    async with engine.begin() as conn:
+        await enqueue_many(conn, [NewMessage(f"chat.type{i % 50}", {}) for i in range(500)])
+    async with engine.connect() as first:
+        held = await claim_batch(
+            first, limit=100, lock_seconds=30, worker_id="a", exclude_type_prefix="document."
+        )
+        # The first claimer's transaction is still open: its row locks are still held.
+        other = await claim_batch(
+            engine,
+            limit=100,
+            lock_seconds=30,
+            worker_id="b",
+            **second_claim,  # type: ignore[arg-type]
+        )
+        await first.commit()
+    assert len(held) == 100 and len(other) == 100
+    assert not {m.id for m in held} & {m.id for m in other}
+
+
 async def test_claim_marks_rows_in_progress_with_a_lease(engine: AsyncEngine) -> None:
     [id_] = await add(engine, "message.created")
     now = datetime.now(UTC)

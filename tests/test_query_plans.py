@@ -115,10 +115,14 @@ def scans(node: dict[str, Any]) -> list[tuple[str, str | None]]:
 
 
 def rows_read(node: dict[str, Any]) -> int:
-    """Index entries and rows the scans of the outbox table produced or filtered away."""
+    """Index entries and rows the scans of the outbox table produced or filtered away.
+
+    EXPLAIN reports rows per loop, so each scan's figures are multiplied by its loops.
+    """
     total = 0
     if node.get("Relation Name") == "outbox" or "Index Name" in node:
-        total += int(node.get("Actual Rows", 0)) + int(node.get("Rows Removed by Filter", 0))
+        per_loop = int(node.get("Actual Rows", 0)) + int(node.get("Rows Removed by Filter", 0))
+        total += per_loop * int(node.get("Actual Loops", 1))
     return total + sum(rows_read(child) for child in node.get("Plans", []))
 
 
@@ -132,18 +136,18 @@ async def test_claims_and_reap_use_indexes_beside_a_large_published_history(
 ) -> None:
     async with big_engine.begin() as conn:
         await fill(conn, published_chat=200_000, pending_docs=1_000, leased=50)
-    for statement in (
-        claim(),
-        claim(include_type_prefix="document."),
-        claim(exclude_type_prefix="document."),
-        reap_statement(now=datetime.now(UTC) + timedelta(hours=1)),
+    for statement, index in (
+        (claim(), "ix_outbox_claimable"),
+        (claim(include_type_prefix="document."), "ix_outbox_claimable_type"),
+        (claim(exclude_type_prefix="document."), "ix_outbox_claimable_type"),
+        (reap_statement(now=datetime.now(UTC) + timedelta(hours=1)), "ix_outbox_lease"),
     ):
         async with big_engine.connect() as conn:
             executed = await plan(conn, statement, generic)
             await conn.rollback()
         read = scans(executed)
         assert ("Seq Scan", None) not in read, read
-        assert {index for _, index in read} & {*CLAIM_INDEXES, "ix_outbox_lease"}, read
+        assert index in {name for _, name in read}, read
         assert rows_read(executed) <= 2_000, executed
 
 
