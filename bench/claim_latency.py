@@ -13,19 +13,14 @@ Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import time
-import uuid
 
-import asyncpg
+from scratch import run_with_scratch_database
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from outbox import async_database_url, claim_batch
-from outbox.dburl import libpq_dsn
-from outbox.devservers import local_services
-from outbox.migrate import upgrade
 
 NAIVE = text(
     """
@@ -119,44 +114,35 @@ async def scenario(
         print(line(label, await timed(engine, repeat, claim)))
 
 
-async def main(rows: int, repeat: int, server_url: str) -> None:
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(libpq_dsn(server_url))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = async_database_url(server_url).set(database=name)
+async def main(url: str, rows: int, repeat: int) -> None:
+    engine = create_async_engine(async_database_url(url))
     try:
-        await asyncio.to_thread(upgrade, url)
-        engine = create_async_engine(url)
-        try:
-            await fill(engine, "message.created", rows, "document.preprocess.v1")
-            await scenario(
-                engine,
-                f"document claim (include 'document.') behind {rows:,} older chat rows:",
-                repeat,
-                "document.%",
-                None,
-            )
-            await fill(engine, "document.preprocess.v1", rows, "message.created")
-            await scenario(
-                engine,
-                f"chat claim (exclude 'document.') behind {rows:,} older document rows:",
-                repeat,
-                None,
-                "document.%",
-            )
-            await fill(engine, "message.created", rows, "room.updated")
-            await scenario(
-                engine,
-                f"chat claim (exclude 'document.') on its own {rows:,}-row backlog:",
-                repeat,
-                None,
-                "document.%",
-            )
-        finally:
-            await engine.dispose()
+        await fill(engine, "message.created", rows, "document.preprocess.v1")
+        await scenario(
+            engine,
+            f"document claim (include 'document.') behind {rows:,} older chat rows:",
+            repeat,
+            "document.%",
+            None,
+        )
+        await fill(engine, "document.preprocess.v1", rows, "message.created")
+        await scenario(
+            engine,
+            f"chat claim (exclude 'document.') behind {rows:,} older document rows:",
+            repeat,
+            None,
+            "document.%",
+        )
+        await fill(engine, "message.created", rows, "room.updated")
+        await scenario(
+            engine,
+            f"chat claim (exclude 'document.') on its own {rows:,}-row backlog:",
+            repeat,
+            None,
+            "document.%",
+        )
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await engine.dispose()
 
 
 if __name__ == "__main__":
@@ -164,5 +150,4 @@ if __name__ == "__main__":
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=50)
     args = parser.parse_args()
-    with local_services(redis=False) as services:
-        asyncio.run(main(args.rows, args.repeat, services.database_url))
+    run_with_scratch_database(lambda url: main(url, args.rows, args.repeat))

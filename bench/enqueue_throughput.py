@@ -16,19 +16,16 @@ Prints rows per second; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+from scratch import run_with_scratch_database
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from outbox import NewMessage, async_database_url, enqueue, enqueue_many
 from outbox.dburl import libpq_dsn
-from outbox.devservers import local_services
-from outbox.migrate import upgrade
 
 RAW_INSERT = "INSERT INTO outbox (type, key, payload) VALUES ($1, $2, $3::jsonb)"
 RAW_UNNEST = (
@@ -113,23 +110,9 @@ async def main(url: str, messages: int, batch: int) -> None:
         await engine.dispose()
 
 
-async def with_scratch_database(server_url: str, messages: int, batch: int) -> None:
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(libpq_dsn(server_url))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = async_database_url(server_url).set(database=name)
-    try:
-        await asyncio.to_thread(upgrade, url)
-        await main(libpq_dsn(url), messages, batch)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=500)
     args = parser.parse_args()
-    with local_services(redis=False) as services:
-        asyncio.run(with_scratch_database(services.database_url, args.messages, args.batch))
+    run_with_scratch_database(lambda url: main(url, args.messages, args.batch))

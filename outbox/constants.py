@@ -5,9 +5,6 @@ from __future__ import annotations
 DEFAULT_MAX_ATTEMPTS = 10
 """Claims a message may take before it is given up (``dead``)."""
 
-DEFAULT_LOCK_SECONDS = 30.0
-"""Lease length of a claim; a worker extends it for longer work."""
-
 DEFAULT_REAP_LIMIT = 1000
 """Expired leases reaped per statement, to keep each reap short."""
 
