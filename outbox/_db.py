@@ -2,23 +2,32 @@
 
 Worker-side calls take an ``AsyncEngine`` (each call is its own short transaction, committed
 before it returns) or an ``AsyncConnection``/``AsyncSession`` (the call joins the caller's
-transaction; it takes effect when the caller commits).
+transaction; it takes effect when the caller commits). They also take a raw asyncpg
+``Pool`` (autocommit: each statement is its own transaction) or ``Connection`` (whatever
+transaction it is in): the worker runtime's hot path, which skips SQLAlchemy's execution
+layer. The same Core statements run on both; for asyncpg they are compiled once to ``$n``
+SQL and cached. Raw asyncpg handles need the JSON codecs of :func:`outbox.pgpool.create_pool`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Executable
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ClauseElement
 
 __all__ = ["AsyncDB", "Rows", "SyncDB", "fetch_all"]
 
-AsyncDB = AsyncEngine | AsyncConnection | AsyncSession
-"""An engine (own transaction per call) or a connection/session (the caller's transaction)."""
+AsyncDB = AsyncEngine | AsyncConnection | AsyncSession | Any
+"""An engine (own transaction per call), a connection/session (the caller's transaction), or
+an asyncpg ``Pool``/``Connection`` set up by :func:`outbox.pgpool.create_pool`."""
 
 SyncDB = Connection | Session
 """A synchronous connection or session (the caller's transaction)."""
@@ -37,7 +46,11 @@ async def fetch_all(
     if isinstance(db, AsyncEngine):
         async with db.begin() as conn:
             return await _fetch(conn, statement, params)
-    return await _fetch(db, statement, params)
+    if isinstance(db, AsyncConnection | AsyncSession):
+        return await _fetch(db, statement, params)
+    compiled = _compiled(statement)
+    records = await db.fetch(compiled.sql, *compiled.arguments(params or {}))
+    return [tuple(record) for record in records]
 
 
 async def _fetch(
@@ -47,3 +60,38 @@ async def _fetch(
 ) -> Rows:
     result = await db.execute(statement, params)
     return [tuple(row) for row in result.all()]
+
+
+@dataclass(frozen=True, slots=True)
+class _AsyncpgStatement:
+    """A Core statement as asyncpg SQL: ``$n`` placeholders in ``order``, with constants."""
+
+    sql: str
+    order: tuple[str, ...]
+    constants: Mapping[str, Any]
+
+    def arguments(self, params: Mapping[str, Any]) -> list[Any]:
+        try:
+            return [params[n] if n in params else self.constants[n] for n in self.order]
+        except KeyError as missing:
+            raise TypeError(f"missing statement parameter {missing}") from None
+
+
+_DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(statement: ClauseElement) -> _AsyncpgStatement:
+    """Compile once per statement object (the templates in ``outbox.statements`` are fixed).
+
+    Only sequence-to-list bind processors exist for these statements, and asyncpg takes
+    lists and tuples alike, so values pass through untouched.
+    """
+    compiled: Any = statement.compile(dialect=_DIALECT)  # a SQLCompiler
+    order = tuple(compiled.positiontup or ())
+    constants = {
+        name: bind.effective_value
+        for name, bind in compiled.binds.items()
+        if name in order and not bind.required
+    }
+    return _AsyncpgStatement(str(compiled), order, constants)

@@ -7,7 +7,7 @@ from sqlalchemy.exc import ArgumentError
 
 from outbox.errors import ConfigurationError
 
-__all__ = ["async_database_url", "libpq_dsn"]
+__all__ = ["async_database_url", "libpq_dsn", "redacted_url"]
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql"}
 
@@ -36,13 +36,14 @@ def _parse(url: str | URL) -> URL:
     try:
         parsed = make_url(url) if isinstance(url, str) else url
     except ArgumentError as exc:
-        raise ConfigurationError(f"not a database URL: {_redacted(url)!r}") from exc
+        raise ConfigurationError(f"not a database URL: {redacted_url(url)!r}") from exc
     if parsed.get_backend_name() not in _POSTGRES_SCHEMES:
         raise ConfigurationError(f"expected a postgresql:// URL, got scheme {parsed.drivername!r}")
     return parsed
 
 
-def _redacted(url: str | URL) -> str:
+def redacted_url(url: str | URL) -> str:
+    """``url`` with its password (if any) shown as ``***``, for logs and error messages."""
     text = str(url)
     if "@" in text and "://" in text:
         scheme, rest = text.split("://", 1)

@@ -63,6 +63,7 @@ __all__ = [
     "RELEASE",
     "RESCHEDULE",
     "SELECT_BY_DEDUPE_KEY",
+    "TABLE_GAUGES",
     "claim",
     "counts_by_prefix_and_status",
 ]
@@ -417,3 +418,17 @@ OLDEST_CLAIMABLE_AGE: Select[Any] = select(
     func.extract("epoch", CLOCK - func.min(t.c.next_attempt_at))
 ).where(t.c.status == PENDING, t.c.next_attempt_at <= CLOCK)
 """Seconds since the longest-waiting claimable row became due (``NULL``: none)."""
+
+
+def _count_where(*conditions: ColumnElement[bool]) -> ScalarSelect[Any]:
+    return select(func.count()).select_from(t).where(*conditions).scalar_subquery()
+
+
+TABLE_GAUGES: Select[Any] = select(
+    _count_where(t.c.status == PENDING),
+    _count_where(t.c.status == IN_PROGRESS),
+    _count_where(t.c.status == DEAD),
+    OLDEST_CLAIMABLE_AGE.scalar_subquery(),
+)
+"""``(pending, in_progress, dead, oldest claimable age or NULL)``: each count reads only its
+status's partial index, never the published rows."""

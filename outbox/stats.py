@@ -9,7 +9,7 @@ from outbox import statements as sql
 from outbox._db import AsyncDB, fetch_all
 from outbox.schema import Status
 
-__all__ = ["OutboxStats", "stats", "type_prefix_of"]
+__all__ = ["OutboxStats", "TableGauges", "stats", "table_gauges", "type_prefix_of"]
 
 
 @dataclass(frozen=True)
@@ -54,5 +54,29 @@ async def stats(db: AsyncDB, *, now: datetime | None = None) -> OutboxStats:
     return OutboxStats(
         by_status=by_status,
         by_prefix=dict(sorted(by_prefix.items())),
+        oldest_claimable_age=None if age is None else max(0.0, float(age)),
+    )
+
+
+@dataclass(frozen=True)
+class TableGauges:
+    """Counts cheap enough to take every few seconds (see :func:`table_gauges`)."""
+
+    pending: int
+    in_progress: int
+    dead: int
+    oldest_claimable_age: float | None
+
+
+async def table_gauges(db: AsyncDB) -> TableGauges:
+    """Pending, in-progress and dead counts and the oldest claimable age, in one statement.
+
+    Each count reads only its status's partial index, never the published rows.
+    """
+    pending, in_progress, dead, age = (await fetch_all(db, sql.TABLE_GAUGES, {"now": None}))[0]
+    return TableGauges(
+        pending=pending,
+        in_progress=in_progress,
+        dead=dead,
         oldest_claimable_age=None if age is None else max(0.0, float(age)),
     )

@@ -139,7 +139,7 @@ def test_standalone_alembic_cli_uses_plain_database_url(empty_database: str) -> 
     current = subprocess.run(
         [*alembic, "current"], cwd=REPO, env=env, capture_output=True, text=True
     )
-    assert "outbox_0001 (head)" in current.stdout
+    assert "outbox_0002 (head)" in current.stdout
 
 
 def test_standalone_alembic_cli_without_database_url_names_the_variable() -> None:
@@ -209,4 +209,4 @@ def test_host_application_alembic_runs_the_outbox_branch(
     assert done.returncode == 0, done.stderr
     assert tables(empty_database) == {"alembic_version", "messages", "outbox"}
     heads = names(empty_database, "SELECT version_num FROM alembic_version")
-    assert heads == {"host_0001", "outbox_0001"}
+    assert heads == {"host_0001", "outbox_0002"}

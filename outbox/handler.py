@@ -1,0 +1,165 @@
+"""What a worker's domain code implements, and how it reports each message's fate.
+
+A :class:`Handler` gets a claimed batch and returns one :data:`Outcome` per message:
+:data:`DELIVERED`, :class:`Retry` (attempt counted; backoff or the given delay) or
+:class:`GiveUp` (``dead`` now). When its transport is down it raises
+:class:`TransportUnavailable` instead: the whole batch is handed back with no attempt counted
+and the worker pauses, so an outage never burns messages into ``dead``.
+
+Most domain code handles one message at a time: write a :class:`MessageHandler` and wrap it
+in :class:`PerMessage`, which runs a batch's messages concurrently, each under a timeout, and
+maps ``RetryLater``/``GiveUp``/any other exception to outcomes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import anyio
+
+from outbox.messages import ClaimedMessage
+
+__all__ = [
+    "DELIVERED",
+    "Delivered",
+    "GiveUp",
+    "GiveUpError",
+    "Handler",
+    "MessageHandler",
+    "Outcome",
+    "PerMessage",
+    "Retry",
+    "RetryLaterError",
+    "TransportUnavailable",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Delivered: the row becomes ``published``."""
+
+
+DELIVERED: Final = Delivered()
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Failed this time: retry after ``delay`` seconds (``None``: the backoff policy)."""
+
+    error: str
+    delay: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Will never succeed (malformed, rejected): ``dead`` now, with ``error``."""
+
+    error: str
+
+
+Outcome = Delivered | Retry | GiveUp
+
+
+class TransportUnavailable(Exception):
+    """Raised by a handler when its transport is down; nothing of the batch is counted."""
+
+
+class RetryLaterError(Exception):
+    """Raised by a :class:`MessageHandler`: retry this message after ``delay`` seconds."""
+
+    def __init__(self, reason: str, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
+class GiveUpError(Exception):
+    """Raised by a :class:`MessageHandler`: this message can never succeed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Handler(Protocol):
+    """Domain code behind a worker.
+
+    ``name`` says what the handler talks to (shown when :meth:`check` fails at start-up).
+    :meth:`handle_batch` returns outcomes in the order of ``messages``.
+    """
+
+    name: str
+
+    async def check(self) -> None:
+        """Raise if a dependency is unreachable (called with retries at start-up)."""
+
+    async def handle_batch(self, messages: Sequence[ClaimedMessage]) -> Sequence[Outcome]: ...
+
+    async def aclose(self) -> None:
+        """Release connections (called once at shutdown)."""
+
+
+class MessageHandler(Protocol):
+    """Handles one message; returning means delivered. See :class:`PerMessage`."""
+
+    name: str
+
+    async def check(self) -> None: ...
+
+    async def handle(self, message: ClaimedMessage) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class PerMessage:
+    """A :class:`Handler` that runs a :class:`MessageHandler` on each message concurrently.
+
+    Each message gets ``timeout`` seconds (then :class:`Retry`). ``RetryLaterError`` and
+    ``GiveUpError`` map to their outcomes, ``TransportUnavailable`` from any message hands
+    the whole batch back, and any other exception is a :class:`Retry` with its text.
+    """
+
+    def __init__(self, handler: MessageHandler, *, timeout: float) -> None:
+        self.inner = handler
+        self.name = handler.name
+        self.timeout = timeout
+
+    async def check(self) -> None:
+        await self.inner.check()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def handle_batch(self, messages: Sequence[ClaimedMessage]) -> Sequence[Outcome]:
+        outcomes: list[Outcome] = [DELIVERED] * len(messages)
+        transport_down: list[TransportUnavailable] = []
+
+        async def one(index: int, message: ClaimedMessage) -> None:
+            try:
+                with anyio.fail_after(self.timeout):
+                    await self.inner.handle(message)
+            except TransportUnavailable as exc:
+                transport_down.append(exc)
+            except RetryLaterError as exc:
+                outcomes[index] = Retry(exc.reason, exc.delay)
+            except GiveUpError as exc:
+                outcomes[index] = GiveUp(exc.reason)
+            except TimeoutError:
+                outcomes[index] = Retry(f"timed out after {self.timeout:g}s")
+            except Exception as exc:
+                outcomes[index] = Retry(describe(exc))
+
+        async with anyio.create_task_group() as tg:
+            for index, message in enumerate(messages):
+                tg.start_soon(one, index, message)
+        if transport_down:
+            raise transport_down[0]
+        return outcomes
+
+
+def describe(exc: BaseException) -> str:
+    """``ValueError: bad thing`` (the class name alone when the text is empty)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

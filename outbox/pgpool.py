@@ -1,0 +1,64 @@
+"""Raw asyncpg connections for the worker runtime's hot path.
+
+The runtime runs the library's statements on asyncpg directly (see ``outbox._db``): the
+same SQL, without SQLAlchemy's per-call execution overhead. ``jsonb``/``json`` columns are
+decoded with the standard ``json`` module, as SQLAlchemy does.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+from outbox.dburl import libpq_dsn
+
+__all__ = ["connect", "create_pool"]
+
+
+async def _set_codecs(conn: Any) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, schema="pg_catalog", encoder=json.dumps, decoder=json.loads, format="text"
+        )
+
+
+async def create_pool(
+    database_url: str,
+    *,
+    max_size: int = 4,
+    application_name: str = "outbox",
+    statement_cache_size: int = 100,
+    connect_timeout: float = 10.0,
+) -> Any:
+    """An asyncpg pool on ``database_url`` (any ``postgresql://`` form the library accepts).
+
+    ``statement_cache_size=0`` disables named prepared statements, for PgBouncer in
+    transaction pooling mode. Connections are opened lazily, so this succeeds while the
+    server is down; the first query reports it.
+    """
+    return await asyncpg.create_pool(
+        libpq_dsn(database_url),
+        min_size=0,
+        max_size=max_size,
+        init=_set_codecs,
+        statement_cache_size=statement_cache_size,
+        timeout=connect_timeout,
+        command_timeout=None,
+        server_settings={"application_name": application_name[:63]},
+    )
+
+
+async def connect(
+    database_url: str, *, application_name: str = "outbox", connect_timeout: float = 10.0
+) -> Any:
+    """One asyncpg connection with the same codecs (for LISTEN, which needs its own)."""
+    conn = await asyncpg.connect(
+        libpq_dsn(database_url),
+        timeout=connect_timeout,
+        statement_cache_size=0,
+        server_settings={"application_name": application_name[:63]},
+    )
+    await _set_codecs(conn)
+    return conn

@@ -1,0 +1,167 @@
+"""Worker settings from the environment (pydantic-settings), names as in the source system.
+
+:func:`load_settings` turns any validation failure into one :class:`ConfigurationError`
+whose message names each bad variable, so a worker stops at start with
+``BATCH_SIZE: Input should be greater than or equal to 1 (got '0')`` instead of a traceback.
+Variable names are case-insensitive; unknown variables are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from outbox.backoff import BackoffPolicy, ExponentialBackoff, FixedSchedule
+from outbox.constants import DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT
+from outbox.dburl import libpq_dsn, redacted_url
+from outbox.errors import ConfigurationError
+
+__all__ = ["WorkerSettings", "load_settings", "parse_prefixes"]
+
+_DAY = 86_400.0
+
+
+def parse_prefixes(text: str) -> tuple[str, ...]:
+    """``"document., audit."`` -> ``("document.", "audit.")``; blanks dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _postgres_url(url: str) -> str:
+    libpq_dsn(url)  # raises ConfigurationError (a ValueError) naming what is wrong
+    return url
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+Seconds = Annotated[float, Field(gt=0, le=_DAY)]
+
+
+class WorkerSettings(BaseSettings):
+    """What every worker reads. Each field is the upper-case variable of the same name."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    database_url: Annotated[str, AfterValidator(_postgres_url)]
+    """PostgreSQL, as ``postgresql://user:pass@host:port/db`` (``?sslmode=`` honoured)."""
+    worker_id: str = Field(default_factory=_default_worker_id, min_length=1, max_length=200)
+    """Lease holder name written to ``locked_by``; host:pid by default."""
+    include_type_prefixes: str = ""
+    """Comma-separated type prefixes this worker takes (empty: every type)."""
+    exclude_type_prefixes: str = ""
+    """Comma-separated type prefixes this worker leaves alone."""
+    batch_size: int = Field(100, ge=1, le=MAX_CLAIM_LIMIT)
+    """Rows per claim."""
+    concurrency: int | None = Field(None, ge=1, le=10 * MAX_CLAIM_LIMIT)
+    """Messages in flight at once (claimed, not yet acknowledged); default 2 x BATCH_SIZE."""
+    poll_interval_ms: int = Field(1000, ge=10, le=3_600_000)
+    """Longest idle wait between claims when no notification arrives."""
+    lock_seconds: Seconds = 30.0
+    """Lease length; the heartbeat extends it while work runs."""
+    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=1000)
+    """Claims a message may take before it goes ``dead``."""
+    handler_timeout_seconds: Seconds = 30.0
+    """Longest one handler call (a batch or a message) may run before it counts as failed."""
+    backoff_base_seconds: Seconds = 1.0
+    """First retry delay ceiling (full-jitter exponential backoff)."""
+    backoff_max_seconds: Seconds = 300.0
+    """Longest retry delay."""
+    backoff_schedule: str = ""
+    """Fixed retry delays instead, e.g. ``60,300,900`` (the last repeats)."""
+    transport_retry_max_seconds: Seconds = 30.0
+    """Longest pause between tries while the transport (Redis, the sidecar) is down."""
+    reap_interval_seconds: Seconds = 5.0
+    """How often expired leases are reaped."""
+    shutdown_grace_seconds: float = Field(10.0, ge=0, le=_DAY)
+    """On SIGTERM/SIGINT, how long in-flight work may take to finish."""
+    startup_timeout_seconds: float = Field(30.0, ge=0, le=_DAY)
+    """How long start-up retries unreachable dependencies before exiting non-zero."""
+    listen_notify: bool = True
+    """Wake on ``LISTEN outbox_new``; false: poll only."""
+    pgbouncer_transaction_mode: bool = False
+    """Behind PgBouncer in transaction pooling: no LISTEN, no prepared-statement cache."""
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port (unset: off)."""
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics server binds."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("include_type_prefixes", "exclude_type_prefixes")
+    @classmethod
+    def _prefixes(cls, value: str) -> str:
+        if any("\x00" in p for p in parse_prefixes(value)):
+            raise ValueError("prefixes may not contain NUL")
+        return value
+
+    @field_validator("backoff_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in parse_prefixes(value)]
+        except ValueError:
+            raise ValueError("expected comma-separated seconds, e.g. 60,300,900") from None
+        if any(not 0 <= d <= 10 * 365 * _DAY for d in delays):
+            raise ValueError("each delay must be between 0 and ten years")
+        return value
+
+    @property
+    def include(self) -> tuple[str, ...] | None:
+        return parse_prefixes(self.include_type_prefixes) or None
+
+    @property
+    def exclude(self) -> tuple[str, ...] | None:
+        return parse_prefixes(self.exclude_type_prefixes) or None
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.concurrency or 2 * self.batch_size
+
+    @property
+    def listens(self) -> bool:
+        return self.listen_notify and not self.pgbouncer_transaction_mode
+
+    def backoff(self) -> BackoffPolicy:
+        if self.backoff_schedule:
+            return FixedSchedule([float(p) for p in parse_prefixes(self.backoff_schedule)])
+        return ExponentialBackoff(
+            base=self.backoff_base_seconds,
+            cap=max(self.backoff_max_seconds, self.backoff_base_seconds),
+            floor=min(0.1, self.backoff_base_seconds),
+        )
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Read ``cls`` from the environment (``overrides`` win); raise a readable error.
+
+    Raises :class:`ConfigurationError` listing every bad or missing variable by name.
+    """
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper() or cls.__name__
+            if error["type"] == "missing":
+                problems.append(f"{name}: required, not set")
+                continue
+            message = error["msg"].removeprefix("Value error, ")
+            value = error.get("input")
+            if isinstance(value, str) and name.endswith("_URL"):
+                value = redacted_url(value)
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            problems.append(f"{name}: {message}{shown}")
+        raise ConfigurationError("bad settings: " + "; ".join(problems)) from None

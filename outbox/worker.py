@@ -1,0 +1,436 @@
+"""The worker runtime: claim → handle → acknowledge, around any :class:`~outbox.handler.Handler`.
+
+One :class:`Worker` per process runs these tasks:
+
+- **dispatch**: claims up to ``min(BATCH_SIZE, free room)`` rows and starts a task for the
+  batch; claims again at once after a non-empty batch; after an empty one waits for a
+  notification or ``POLL_INTERVAL_MS``. At most ``CONCURRENCY`` messages are in flight
+  (claimed and not yet acknowledged).
+- **batch tasks**: call the handler under ``HANDLER_TIMEOUT_SECONDS`` and submit its
+  outcomes to the :class:`~outbox.acker.Acknowledger` (grouped, fenced statements).
+- **heartbeat**: extends the leases of batches running longer than a third of the lease.
+- **reaper**: returns expired leases of crashed workers to ``pending`` (or ``dead``).
+- **wake-up** listener and, with metrics on, the HTTP server and the table gauges.
+
+Failures: a database error anywhere is logged and retried with backoff (the pool reconnects);
+a handler's :class:`~outbox.handler.TransportUnavailable` hands its batch back uncounted,
+held for the pause, and pauses claiming with growing delays until a batch goes through.
+
+Shutdown (:meth:`Worker.stop`): stop claiming; a batch claimed during the stop is handed back
+uncounted; in-flight batches get ``SHUTDOWN_GRACE_SECONDS``, then are cancelled and
+rescheduled due at once (their delivery may have started, so the attempt stays counted).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from outbox.acker import Acknowledger, Acks
+from outbox.dburl import redacted_url
+from outbox.handler import Delivered, GiveUp, Handler, Outcome, Retry, TransportUnavailable
+from outbox.handler import describe as describe_error
+from outbox.logs import log_event
+from outbox.messages import ClaimedMessage
+from outbox.metrics import WorkerMetrics, serve_http
+from outbox.pgpool import create_pool
+from outbox.settings import WorkerSettings
+from outbox.stats import table_gauges
+from outbox.storage import claim_batch, extend_lease, reap_expired_locks
+from outbox.wakeup import Wakeup
+
+__all__ = ["StartupError", "Worker"]
+
+log = logging.getLogger("outbox.worker")
+
+GAUGE_REFRESH_SECONDS = 10.0
+REAP_LIMIT = 1000
+
+
+class StartupError(Exception):
+    """A dependency stayed unreachable for ``STARTUP_TIMEOUT_SECONDS``; the text names it."""
+
+
+@dataclass(eq=False)
+class _Batch:
+    messages: Sequence[ClaimedMessage]
+    claimed_at: float
+
+
+class Worker:
+    """Runs ``handler`` over the outbox rows selected by ``settings`` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        settings: WorkerSettings,
+        *,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.handler = handler
+        self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
+        self.backoff = settings.backoff()
+        self.db: Any = None  # the asyncpg pool, once run() opened it
+        self._in_flight: set[_Batch] = set()
+        self._in_flight_count = 0
+        self._room = anyio.Event()
+        self._stopping = anyio.Event()
+        self._batches_scope: anyio.CancelScope | None = None
+        self._ready = False
+        self._database_error: str | None = None
+        self._transport_error: str | None = None
+        self._transport_paused_until = 0.0
+        self._transport_failures = 0
+        self.wakeup = Wakeup(
+            settings.database_url,
+            listen=settings.listens,
+            application_name=f"outbox-listen {settings.worker_id}",
+        )
+
+    # -- control -----------------------------------------------------------------------
+
+    def stop(self, *, force: bool = False) -> None:
+        """Begin a graceful stop; ``force`` also ends the grace period now."""
+        if not self._stopping.is_set():
+            log_event(log, logging.INFO, "worker.stopping", in_flight=self._in_flight_count)
+        self._stopping.set()
+        self.wakeup.wake()
+        self._room.set()
+        if force and self._batches_scope is not None:
+            self._batches_scope.deadline = anyio.current_time()
+
+    def readiness(self) -> str | None:
+        """``None`` when claiming normally, else why not (for ``/readyz``)."""
+        if self._stopping.is_set():
+            return "stopping"
+        if not self._ready:
+            return "starting"
+        if self._database_error:
+            return f"database unavailable: {self._database_error}"
+        if self._transport_paused_until > time.monotonic():
+            return f"{self.handler.name} unavailable: {self._transport_error}"
+        return None
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Check dependencies, then work until :meth:`stop`; returns after a clean stop.
+
+        Raises :class:`StartupError` when a dependency stays unreachable at start.
+        """
+        s = self.settings
+        self.db = await create_pool(
+            s.database_url,
+            max_size=4,
+            application_name=f"outbox {s.worker_id}",
+            statement_cache_size=0 if s.pgbouncer_transaction_mode else 100,
+        )
+        try:
+            await self._startup_checks()
+            acker = Acknowledger(
+                self.db,
+                worker_id=s.worker_id,
+                max_attempts=s.max_attempts,
+                backoff=self.backoff,
+                metrics=self.metrics,
+                on_database_error=self._database_failed,
+            )
+            async with anyio.create_task_group() as services:
+                services.start_soon(acker.run)
+                services.start_soon(self.wakeup.run)
+                services.start_soon(self._heartbeat)
+                services.start_soon(self._reaper)
+                if s.metrics_port is not None:
+                    await services.start(
+                        serve_http, s.metrics_host, s.metrics_port, self.metrics, self.readiness
+                    )
+                    services.start_soon(self._refresh_gauges)
+                self._ready = True
+                log_event(
+                    log,
+                    logging.INFO,
+                    "worker.ready",
+                    worker_id=s.worker_id,
+                    handler=self.handler.name,
+                    include=",".join(s.include or ()),
+                    exclude=",".join(s.exclude or ()),
+                    batch_size=s.batch_size,
+                    concurrency=s.max_in_flight,
+                    listen=s.listens,
+                )
+                task_status.started()
+                await self._work(acker)
+                services.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.handler.aclose()
+                with anyio.move_on_after(5):
+                    await self.db.close()
+        log_event(log, logging.INFO, "worker.stopped", worker_id=s.worker_id)
+
+    # -- start-up ------------------------------------------------------------------------
+
+    async def _startup_checks(self) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout_seconds
+        database = f"PostgreSQL at {redacted_url(self.settings.database_url)}"
+        # Each check names its dependency; StartupError says "<name>: <last error>".
+        await _retry_until(deadline, database, self._check_database)
+        await _retry_until(deadline, self.handler.name, self.handler.check)
+
+    async def _check_database(self) -> None:
+        try:
+            await self.db.fetch("SELECT 1 FROM outbox LIMIT 0")
+        except Exception as exc:
+            if type(exc).__name__ == "UndefinedTableError":
+                raise RuntimeError(
+                    "table outbox does not exist: run the migrations (alembic upgrade head)"
+                ) from exc
+            raise
+
+    # -- the main loop ---------------------------------------------------------------------
+
+    async def _work(self, acker: Acknowledger) -> None:
+        s = self.settings
+        async with anyio.create_task_group() as batches:
+            self._batches_scope = batches.cancel_scope
+            await self._dispatch(batches, acker)
+            batches.cancel_scope.deadline = anyio.current_time() + s.shutdown_grace_seconds
+        abandoned = [m for batch in self._in_flight for m in batch.messages]
+        if abandoned:
+            log_event(log, logging.WARNING, "worker.grace_expired", messages=len(abandoned))
+            reason = "worker stopped before the handler finished"
+            acks = Acks(retried=[(m, Retry(reason, delay=0.0)) for m in abandoned])
+            with anyio.move_on_after(max(5.0, s.shutdown_grace_seconds)):
+                await acker.submit(acks)
+
+    async def _dispatch(self, batches: anyio.abc.TaskGroup, acker: Acknowledger) -> None:
+        s = self.settings
+        db_delay = 0.05
+        while not self._stopping.is_set():
+            room = s.max_in_flight - self._in_flight_count
+            if room <= 0:
+                self._room = anyio.Event()
+                await self._room.wait()
+                continue
+            pause = self._transport_paused_until - time.monotonic()
+            if pause > 0:
+                with anyio.move_on_after(pause):
+                    await self._stopping.wait()
+                continue
+            try:
+                claimed = await claim_batch(
+                    self.db,
+                    limit=min(s.batch_size, room),
+                    lock_seconds=s.lock_seconds,
+                    worker_id=s.worker_id,
+                    include_type_prefix=s.include,
+                    exclude_type_prefix=s.exclude,
+                )
+            except Exception as exc:
+                self._database_failed(exc)
+                with anyio.move_on_after(db_delay):
+                    await self._stopping.wait()
+                db_delay = min(db_delay * 2, 5.0)
+                continue
+            db_delay = 0.05
+            self._database_ok()
+            if not claimed:
+                await self.wakeup.wait(s.poll_interval_ms / 1000)
+                continue
+            self.metrics.count(self.metrics.claimed, claimed)
+            if self._stopping.is_set():  # claimed during the stop: hand back, not started
+                await acker.submit(Acks(released=list(claimed)))
+                break
+            batch = _Batch(claimed, time.monotonic())
+            self._in_flight.add(batch)
+            self._in_flight_count += len(claimed)
+            batches.start_soon(self._handle, batch, acker)
+
+    async def _handle(self, batch: _Batch, acker: Acknowledger) -> None:
+        messages = batch.messages
+        started = time.monotonic()
+        timeout = self.settings.handler_timeout_seconds
+        try:
+            with anyio.fail_after(timeout):
+                outcomes = await self.handler.handle_batch(messages)
+            acks = self._sort(messages, outcomes)
+            self._transport_ok()
+        except TransportUnavailable as exc:
+            hold = self._transport_failed(exc)
+            acks = Acks(released=list(messages), release_hold=hold)
+        except TimeoutError:
+            error = f"handler timed out after {timeout:g}s"
+            acks = Acks(retried=[(m, Retry(error)) for m in messages])
+        except Exception as exc:
+            log.exception("handler.failed", extra={"outbox_fields": {"batch": len(messages)}})
+            error = describe_error(exc)
+            acks = Acks(retried=[(m, Retry(error)) for m in messages])
+        elapsed = time.monotonic() - started
+        for message_type in {m.type for m in messages}:
+            self.metrics.handle_seconds.labels(message_type).observe(elapsed)
+        await acker.submit(acks)
+        self._in_flight.discard(batch)
+        self._in_flight_count -= len(messages)
+        self._room.set()
+        log_event(
+            log,
+            logging.DEBUG,
+            "batch.done",
+            size=len(messages),
+            first_id=messages[0].id,
+            duration_ms=round(elapsed * 1000, 2),
+        )
+
+    @staticmethod
+    def _sort(messages: Sequence[ClaimedMessage], outcomes: Sequence[Outcome]) -> Acks:
+        acks = Acks()
+        if len(outcomes) != len(messages):
+            error = f"handler returned {len(outcomes)} outcomes for {len(messages)} messages"
+            acks.retried = [(m, Retry(error)) for m in messages]
+            return acks
+        for message, outcome in zip(messages, outcomes, strict=True):
+            if isinstance(outcome, Delivered):
+                acks.published.append(message)
+            elif isinstance(outcome, GiveUp):
+                acks.dead.append((message, outcome.error))
+            elif isinstance(outcome, Retry):
+                acks.retried.append((message, outcome))
+            else:
+                acks.retried.append((message, Retry(f"not an outcome: {outcome!r}")))
+        return acks
+
+    # -- background tasks ------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        s = self.settings
+        interval = max(0.2, s.lock_seconds / 3)
+        while True:
+            await anyio.sleep(interval)
+            now = time.monotonic()
+            due = [m for b in self._in_flight if now - b.claimed_at >= interval for m in b.messages]
+            if not due:
+                continue
+            try:
+                result = await extend_lease(
+                    self.db, due, worker_id=s.worker_id, lock_seconds=s.lock_seconds
+                )
+            except Exception as exc:
+                self._database_failed(exc)
+                continue
+            lost = [m for m in due if m.id in result.lost]
+            self.metrics.count(self.metrics.lease_lost, lost)
+            for message in lost:
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "lease.lost",
+                    id=message.id,
+                    type=message.type,
+                    attempt=message.attempts,
+                    action="heartbeat",
+                )
+
+    async def _reaper(self) -> None:
+        s = self.settings
+        while True:
+            try:
+                while True:
+                    reaped = await reap_expired_locks(
+                        self.db, max_attempts=s.max_attempts, limit=REAP_LIMIT
+                    )
+                    self.metrics.reaped.labels("requeued").inc(len(reaped.requeued))
+                    self.metrics.reaped.labels("dead").inc(len(reaped.dead))
+                    if reaped.requeued:
+                        self.wakeup.wake()
+                        log_event(
+                            log,
+                            logging.WARNING,
+                            "lease.reaped",
+                            requeued=len(reaped.requeued),
+                            ids=_some(reaped.requeued),
+                        )
+                    for id_ in sorted(reaped.dead):
+                        log_event(log, logging.WARNING, "message.dead", id=id_, reason="reaped")
+                    if len(reaped.requeued) + len(reaped.dead) < REAP_LIMIT:
+                        break
+            except Exception as exc:
+                self._database_failed(exc)
+            await anyio.sleep(s.reap_interval_seconds)
+
+    async def _refresh_gauges(self) -> None:
+        m = self.metrics
+        while True:
+            try:
+                gauges = await table_gauges(self.db)
+                m.pending.set(gauges.pending)
+                m.in_progress.set(gauges.in_progress)
+                m.dead_rows.set(gauges.dead)
+                m.oldest_pending_age.set(gauges.oldest_claimable_age or 0.0)
+            except Exception as exc:
+                self._database_failed(exc)
+            await anyio.sleep(GAUGE_REFRESH_SECONDS)
+
+    # -- health state ------------------------------------------------------------------------
+
+    def _database_failed(self, exc: BaseException) -> None:
+        error = describe_error(exc)
+        if error != self._database_error:
+            log_event(log, logging.WARNING, "database.unavailable", error=error)
+        self._database_error = error
+
+    def _database_ok(self) -> None:
+        if self._database_error is not None:
+            log_event(log, logging.INFO, "database.recovered")
+        self._database_error = None
+
+    def _transport_failed(self, exc: TransportUnavailable) -> float:
+        """Pause claiming; return the pause (also how long the batch is held back)."""
+        self._transport_failures += 1
+        ceiling = min(
+            self.settings.transport_retry_max_seconds, 0.5 * 2 ** (self._transport_failures - 1)
+        )
+        pause = random.uniform(ceiling / 2, ceiling)
+        self._transport_error = describe_error(exc.__cause__ or exc)
+        self._transport_paused_until = max(self._transport_paused_until, time.monotonic() + pause)
+        log_event(
+            log,
+            logging.WARNING,
+            "transport.unavailable",
+            handler=self.handler.name,
+            error=self._transport_error,
+            retry_in_s=round(pause, 2),
+        )
+        return pause
+
+    def _transport_ok(self) -> None:
+        if self._transport_failures:
+            log_event(log, logging.INFO, "transport.recovered", handler=self.handler.name)
+        self._transport_failures = 0
+        self._transport_error = None
+
+
+async def _retry_until(deadline: float, what: str, check: Any) -> None:
+    delay = 0.2
+    while True:
+        try:
+            await check()
+            return
+        except Exception as exc:
+            if time.monotonic() + delay > deadline:
+                raise StartupError(f"{what}: {describe_error(exc)}") from exc
+            log_event(log, logging.WARNING, "startup.waiting", on=what, error=describe_error(exc))
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _some(ids: frozenset[int], limit: int = 20) -> str:
+    shown = sorted(ids)[:limit]
+    return ",".join(map(str, shown)) + (",..." if len(ids) > limit else "")

@@ -1,0 +1,1 @@
+"""Worker processes built on the ``outbox`` runtime: ``workers.chat`` (Redis Pub/Sub)."""

@@ -1,0 +1,117 @@
+"""The chat worker: every type except ``document.``, published to Redis Pub/Sub.
+
+``python -m workers.chat`` (or the ``outbox-chat-worker`` script). ``PUBSUB_MODE=global``
+publishes to ``chat:message``; ``room`` to ``conv:{key}``. Each message is the JSON envelope
+``{"id", "type", "key", "payload", "created_at"}``. A batch is published in one pipelined
+round trip and acknowledged in one statement. Redis down: the batch is handed back with no
+attempt counted and the worker pauses (see ``outbox.worker``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+import redis.asyncio as aioredis
+from pydantic import AfterValidator, Field
+from redis.exceptions import RedisError
+
+from outbox.handler import DELIVERED, GiveUp, Outcome, TransportUnavailable
+from outbox.messages import ClaimedMessage
+from outbox.runner import run_worker_process
+from outbox.settings import WorkerSettings
+
+__all__ = ["ChatPublisher", "ChatSettings", "envelope", "main"]
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _redis_url(url: str) -> str:
+    if not url.startswith(_REDIS_SCHEMES):
+        raise ValueError("expected redis://, rediss:// or unix:// URL")
+    return url
+
+
+class ChatSettings(WorkerSettings):
+    """:class:`~outbox.settings.WorkerSettings` plus Redis and the channel layout."""
+
+    redis_url: Annotated[str, AfterValidator(_redis_url)]
+    """``redis://[:password@]host:port/db``; ``rediss://`` for TLS."""
+    pubsub_mode: Literal["global", "room"] = "global"
+    """``global``: one channel; ``room``: one channel per message key."""
+    pubsub_channel: str = Field("chat:message", min_length=1)
+    """The channel in global mode."""
+    pubsub_room_prefix: str = "conv:"
+    """Room mode publishes to this prefix + the message key."""
+    redis_timeout_seconds: float = Field(5.0, gt=0, le=300)
+    """Socket connect/read timeout; past it Redis counts as down."""
+    exclude_type_prefixes: str = "document."
+
+
+def envelope(message: ClaimedMessage) -> str:
+    """The published body: ``{"id", "type", "key", "payload", "created_at"}`` as JSON."""
+    return json.dumps(
+        {
+            "id": message.id,
+            "type": message.type,
+            "key": message.key,
+            "payload": message.payload,
+            "created_at": message.created_at.isoformat(),
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+class ChatPublisher:
+    """Publishes a batch with one pipelined round trip (a :class:`~outbox.handler.Handler`)."""
+
+    def __init__(self, settings: ChatSettings) -> None:
+        self.settings = settings
+        self.redis = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_seconds,
+            socket_connect_timeout=settings.redis_timeout_seconds,
+            health_check_interval=30,
+        )
+        host = self.redis.connection_pool.connection_kwargs.get("host", "?")
+        port = self.redis.connection_pool.connection_kwargs.get("port", "?")
+        self.name = f"Redis at {settings.redis_url.split('://')[0]}://{host}:{port}"
+
+    async def check(self) -> None:
+        await self.redis.ping()
+
+    def channel(self, message: ClaimedMessage) -> str | None:
+        """Where ``message`` goes; ``None`` when room mode has no key to route by."""
+        if self.settings.pubsub_mode == "global":
+            return self.settings.pubsub_channel
+        return None if message.key is None else self.settings.pubsub_room_prefix + message.key
+
+    async def handle_batch(self, messages: Sequence[ClaimedMessage]) -> Sequence[Outcome]:
+        outcomes: list[Outcome] = [DELIVERED] * len(messages)
+        pipe = self.redis.pipeline(transaction=False)
+        for index, message in enumerate(messages):
+            channel = self.channel(message)
+            if channel is None:
+                outcomes[index] = GiveUp("PUBSUB_MODE=room needs a key; the message has none")
+            else:
+                pipe.publish(channel, envelope(message))
+        if len(pipe):
+            try:
+                await pipe.execute()
+            except RedisError as exc:
+                raise TransportUnavailable(str(exc)) from exc
+        return outcomes
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+
+def main() -> None:
+    """Console entry point."""
+    run_worker_process("outbox-chat-worker", ChatSettings, ChatPublisher)
+
+
+if __name__ == "__main__":
+    main()
