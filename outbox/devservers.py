@@ -42,7 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LocalServices", "local_services", "throwaway_postgres", "throwaway_redis"]
+__all__ = [
+    "LocalServices",
+    "local_services",
+    "start_throwaway",
+    "stop_throwaway",
+    "throwaway_postgres",
+    "throwaway_redis",
+]
 
 log = logging.getLogger("outbox.devservers")
 
@@ -58,6 +65,36 @@ _THROWAWAY_SETTINGS = {
     "full_page_writes": "off",
     "max_connections": "200",
 }
+
+
+@dataclass
+class _Running:
+    """A throwaway server that :func:`stop_throwaway`/:func:`start_throwaway` can bounce."""
+
+    process: subprocess.Popen[bytes]
+    relaunch: Callable[[], subprocess.Popen[bytes]]
+    stop_signal: signal.Signals
+
+
+_RUNNING: dict[str, _Running] = {}
+
+
+def stop_throwaway(url: str) -> None:
+    """Stop the throwaway server behind ``url`` as a crash or restart would (for tests).
+
+    PostgreSQL gets a fast shutdown (sessions are cut), Redis a SIGTERM. Data is kept, and
+    :func:`start_throwaway` brings it back on the same port.
+    """
+    server = _RUNNING[url]
+    _stop(server.process, signal.SIGINT if server.stop_signal == signal.SIGQUIT else signal.SIGTERM)
+
+
+def start_throwaway(url: str) -> None:
+    """Start again a server stopped by :func:`stop_throwaway`; return once it answers."""
+    server = _RUNNING[url]
+    if server.process.poll() is None:
+        return
+    server.process = server.relaunch()
 
 
 @dataclass(frozen=True)
@@ -181,14 +218,23 @@ def throwaway_postgres(bindir: Path | None = None) -> Iterator[str]:
         process, port = _start_on_free_port(
             launch, lambda proc, _: _wait_for_postgres(data, proc, server_log), signal.SIGQUIT
         )
+        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+        def relaunch() -> subprocess.Popen[bytes]:
+            again = launch(port)
+            _wait_for_postgres(data, again, server_log)
+            return again
+
+        running = _RUNNING[url] = _Running(process, relaunch, signal.SIGQUIT)
         try:
             version = subprocess.run(
                 [bindir / "postgres", "--version"], capture_output=True, text=True, check=False
             ).stdout.strip()
             log.info("started throwaway %s from %s on port %d", version, bindir, port)
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            yield url
         finally:
-            _stop(process, signal.SIGQUIT)  # immediate shutdown: the data is thrown away
+            del _RUNNING[url]
+            _stop(running.process, signal.SIGQUIT)  # immediate shutdown: data is thrown away
             log.info("stopped throwaway PostgreSQL on port %d", port)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -379,11 +425,20 @@ def throwaway_redis(binary: Path | None = None) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def relaunch() -> subprocess.Popen[bytes]:
+        again = launch(port)
+        _wait_for_redis(port, again)
+        return again
+
+    running = _RUNNING[url] = _Running(process, relaunch, signal.SIGTERM)
     try:
         log.info("started throwaway Redis from %s on port %d", binary, port)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield url
     finally:
-        _stop(process, signal.SIGTERM)
+        del _RUNNING[url]
+        _stop(running.process, signal.SIGTERM)
         shutil.rmtree(workdir, ignore_errors=True)
         log.info("stopped throwaway Redis on port %d", port)
 

@@ -45,9 +45,10 @@ def run_worker_process(
     configure_logging(settings.log_level, settings.log_format)
     try:
         anyio.run(_serve, handler, settings)
-    except StartupError as exc:
-        log_event(log, logging.ERROR, "startup.failed", error=str(exc))
-        print(f"{program}: start-up failed: {exc}", file=sys.stderr)
+    except* StartupError as group:  # raised inside the task group, so it arrives grouped
+        reason = str(group.exceptions[0])
+        log_event(log, logging.ERROR, "startup.failed", error=reason)
+        print(f"{program}: start-up failed: {reason}", file=sys.stderr)
         sys.exit(EXIT_UNREACHABLE)
     sys.exit(0)
 

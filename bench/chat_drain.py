@@ -1,0 +1,620 @@
+"""Chat drain: the chat worker process against a raw asyncpg claim/publish/ack loop.
+
+    python bench/chat_drain.py [--rows 50000] [--batch 100 500] [--rounds 2]
+                               [--latency-seconds 10] [--rate 500]
+
+Uses DATABASE_URL if it answers, else a throwaway local PostgreSQL, in a scratch database;
+REDIS_URL if it answers, else a throwaway Redis. Two measurements:
+
+1. **Drain throughput** (rows/s). ``--rows`` pending ``message.created`` rows are inserted
+   (one ``INSERT ... SELECT FROM generate_series``, then ``VACUUM ANALYZE``) before anything
+   starts. Then either ``python -m workers.chat`` (``PUBSUB_MODE=global``, the given
+   ``BATCH_SIZE``, ``POLL_INTERVAL_MS=1000``, default ``CONCURRENCY``) or the raw loop below
+   runs as one or two processes until every row is ``published``. The raw loop (this file
+   with ``--raw-loop``) is one asyncpg connection running: one-statement claim (unfiltered,
+   ``FOR UPDATE SKIP LOCKED``) -> the same JSON envelope as ``workers.chat.envelope``,
+   PUBLISHed in one redis-py pipeline -> one-statement ack; it exits when a claim comes back
+   empty. The clock starts once every process is ready (the worker's ``worker.ready`` log
+   line, the loop's ``ready`` on stdout): until then the bench holds an ``EXCLUSIVE`` lock
+   on the table, so no process gets a head start, and releases it when the clock starts.
+   It stops when no row is ``pending`` or ``in_progress`` (polled every 20 ms). Variants
+   alternate within each round. A Redis subscriber counts what arrives on ``chat:message``.
+2. **End-to-end latency** at a fixed rate, one process, ``BATCH_SIZE=100``: a producer
+   commits one row per transaction at ``--rate`` rows/s (absolute deadlines) for
+   ``--latency-seconds``; latency is the subscriber's receipt time minus the time the
+   producer's commit returned (same machine clock). The chat worker runs with its defaults
+   (LISTEN on); the raw loop, which has no LISTEN, polls every 10 ms when a claim is empty.
+
+Worker log lines at WARNING or above, unexpected events, non-zero exit codes and slow stops
+are listed at the end. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from scratch import run_with_scratch_database
+
+from outbox.dburl import libpq_dsn
+from outbox.devservers import local_services
+
+CHANNEL = "chat:message"
+REPO = Path(__file__).resolve().parent.parent
+POLL_SECONDS = 0.02
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+RAW_LATENCY_POLL_MS = 10
+
+LOAD_BACKLOG = """
+    INSERT INTO outbox (type, key, payload)
+    SELECT 'message.created', 'room-' || (i % 100), jsonb_build_object('text', 'hello', 'n', i)
+    FROM generate_series(0, $1 - 1) AS i
+"""
+# Both subqueries are answered from the partial indexes (status = 'pending' / 'in_progress')
+# when sequential scans are off on the polling connection: cheap enough to run every 20 ms.
+DRAINED = """
+    SELECT NOT EXISTS (SELECT 1 FROM outbox WHERE status = 'pending')
+       AND NOT EXISTS (SELECT 1 FROM outbox WHERE status = 'in_progress')
+"""
+STATUS_COUNTS = "SELECT status, count(*) FROM outbox GROUP BY status ORDER BY status"
+PRODUCE = """
+    INSERT INTO outbox (type, key, payload) VALUES ('message.created', $1, $2::jsonb)
+    RETURNING id
+"""
+
+RAW_CLAIM = """
+    WITH c AS (
+        SELECT id FROM outbox
+        WHERE status = 'pending' AND next_attempt_at <= now()
+        ORDER BY next_attempt_at, id
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE outbox o
+    SET status = 'in_progress', attempts = o.attempts + 1, locked_by = $2,
+        locked_until = now() + interval '30 seconds'
+    FROM c WHERE o.id = c.id
+    RETURNING o.id, o.type, o.key, o.payload, o.created_at
+"""
+RAW_ACK = """
+    UPDATE outbox SET status = 'published', published_at = now(), locked_by = NULL,
+        locked_until = NULL
+    WHERE id = ANY($1::bigint[])
+"""
+
+EXPECTED_EVENTS = {"worker.ready", "signal.received", "worker.stopping", "worker.stopped"}
+
+
+# -- the raw loop (run in its own process with --raw-loop) ---------------------------------
+
+
+def raw_envelope(row: Any) -> str:
+    """The body ``workers.chat.envelope`` publishes, from a claimed row."""
+    return json.dumps(
+        {
+            "id": row["id"],
+            "type": row["type"],
+            "key": row["key"],
+            "payload": row["payload"],
+            "created_at": row["created_at"].isoformat(),
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+async def raw_loop(
+    url: str, redis_url: str, batch: int, worker_id: str, poll_ms: int | None
+) -> None:
+    """Claim, publish, ack until a claim is empty (or, with ``poll_ms``, until SIGTERM)."""
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    conn = await asyncpg.connect(
+        libpq_dsn(url), server_settings={"application_name": f"raw {worker_id}"}
+    )
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=json.dumps, decoder=json.loads, format="text"
+    )
+    redis = aioredis.Redis.from_url(redis_url)
+    await redis.ping()
+    print("ready", flush=True)
+    try:
+        while not stop.is_set():
+            rows = await conn.fetch(RAW_CLAIM, batch, worker_id)
+            if rows:
+                pipe = redis.pipeline(transaction=False)
+                for row in rows:
+                    pipe.publish(CHANNEL, raw_envelope(row))
+                await pipe.execute()
+                await conn.execute(RAW_ACK, [row["id"] for row in rows])
+            elif poll_ms is None:
+                break
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), poll_ms / 1000)
+    finally:
+        await redis.aclose()
+        await conn.close()
+
+
+# -- child processes -----------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A worker or raw-loop process, its ready signal and everything it wrote to stderr."""
+
+    name: str
+    proc: asyncio.subprocess.Process
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    lines: list[str] = field(default_factory=list)
+    readers: list[asyncio.Task[None]] = field(default_factory=list)
+    stop_seconds: float | None = None
+    exits_when_drained: bool = False  # the raw loop in drain mode: no SIGTERM needed
+
+
+async def _read_lines(
+    child: Child, stream: Any, *, marker: str | None = None, keep: bool = True
+) -> None:
+    """Keep ``stream`` drained; set ``child.ready`` at the first line containing ``marker``;
+    with ``keep``, store the lines for the report."""
+    async for raw in stream:
+        line = raw.decode(errors="replace").rstrip()
+        if marker is not None and not child.ready.is_set() and marker in line:
+            child.ready.set()
+        if keep:
+            child.lines.append(line)
+
+
+def worker_env(
+    url: str, redis_url: str, batch: int, worker_id: str, **extra: str
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.upper() != "CONCURRENCY"}
+    env.update(
+        DATABASE_URL=url,
+        REDIS_URL=redis_url,
+        BATCH_SIZE=str(batch),
+        WORKER_ID=worker_id,
+        # INFO, not WARNING: worker.ready is logged at INFO; nothing per batch is.
+        LOG_LEVEL="INFO",
+        **extra,
+    )
+    return env
+
+
+async def start_worker(env: dict[str, str], name: str) -> Child:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "workers.chat",
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    child = Child(name, proc)
+    ready = _read_lines(child, proc.stderr, marker='"worker.ready"')
+    child.readers.append(asyncio.create_task(ready))
+    return child
+
+
+async def start_raw(
+    url: str, redis_url: str, batch: int, name: str, poll_ms: int | None = None
+) -> Child:
+    args = [__file__, "--raw-loop", url, redis_url, str(batch), name]
+    if poll_ms is not None:
+        args += ["--poll-ms", str(poll_ms)]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    child = Child(name, proc, exits_when_drained=poll_ms is None)
+    ready = _read_lines(child, proc.stdout, marker="ready", keep=False)
+    child.readers.append(asyncio.create_task(ready))
+    child.readers.append(asyncio.create_task(_read_lines(child, proc.stderr)))
+    return child
+
+
+async def wait_ready(children: Sequence[Child]) -> None:
+    """Wait for every child's ready signal; raise with its output if one exits first."""
+
+    async def one(child: Child) -> None:
+        ready = asyncio.create_task(child.ready.wait())
+        exited = asyncio.create_task(child.proc.wait())
+        await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        exited.cancel()
+        if not child.ready.is_set():
+            await asyncio.gather(*child.readers)
+            output = "\n".join(child.lines[-20:])
+            raise RuntimeError(f"{child.name} exited before ready:\n{output}")
+
+    await asyncio.wait_for(asyncio.gather(*(one(c) for c in children)), READY_TIMEOUT)
+
+
+async def stop_children(children: Sequence[Child]) -> None:
+    """SIGTERM each child still running (unless it exits by itself); wait for it (kill
+    after STOP_TIMEOUT)."""
+
+    async def one(child: Child) -> None:
+        started = time.perf_counter()
+        if child.proc.returncode is None and not child.exits_when_drained:
+            child.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(child.proc.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            PROBLEMS.append(
+                f"{child.name}: still running {STOP_TIMEOUT:g} s after the stop; killed"
+            )
+            child.proc.kill()
+            await child.proc.wait()
+        child.stop_seconds = time.perf_counter() - started
+        await asyncio.gather(*child.readers)
+
+    await asyncio.gather(*(one(c) for c in children))
+
+
+# -- what the processes said ---------------------------------------------------------------
+
+PROBLEMS: list[str] = []
+
+
+def _expected(line: str) -> bool:
+    """An INFO JSON log line of start-up or shutdown."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return False
+    return (
+        isinstance(event, dict)
+        and event.get("level") == "info"
+        and event.get("event") in EXPECTED_EVENTS
+    )
+
+
+def note_problems(run: str, children: Sequence[Child]) -> None:
+    """Record log lines at WARNING+, unexpected events, bad exits and slow stops."""
+    for child in children:
+        for line in child.lines:
+            if not _expected(line):
+                PROBLEMS.append(f"{run} / {child.name}: {line}")
+        if child.proc.returncode != 0:
+            PROBLEMS.append(f"{run} / {child.name}: exit code {child.proc.returncode}")
+        if child.stop_seconds is not None and child.stop_seconds > 2.0:
+            PROBLEMS.append(f"{run} / {child.name}: took {child.stop_seconds:.1f} s to stop")
+
+
+# -- the Redis subscriber ------------------------------------------------------------------
+
+
+class Subscriber:
+    """Counts messages on CHANNEL and keeps each envelope id's first receipt time."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.client = aioredis.Redis.from_url(redis_url)
+        self.pubsub = self.client.pubsub()
+        self.task: asyncio.Task[None] | None = None
+        self.count = 0
+        self.first_seen: dict[int, float] = {}
+
+    async def start(self) -> None:
+        await self.pubsub.subscribe(CHANNEL)
+        while True:  # the confirmation: from here on nothing published is missed
+            message = await self.pubsub.get_message(timeout=5.0)
+            if message is not None and message["type"] == "subscribe":
+                break
+        self.task = asyncio.create_task(self._receive())
+
+    async def _receive(self) -> None:
+        async for message in self.pubsub.listen():
+            if message["type"] == "message":
+                received = time.time()
+                self.count += 1
+                self.first_seen.setdefault(json.loads(message["data"])["id"], received)
+
+    def reset(self) -> None:
+        self.count = 0
+        self.first_seen = {}
+
+    async def settle(self, expected: int, within: float = 5.0) -> None:
+        """Wait until ``expected`` messages arrived, or nothing arrives for half a second."""
+        deadline = time.perf_counter() + within
+        last, quiet_since = -1, time.perf_counter()
+        while self.count < expected and time.perf_counter() < deadline:
+            if self.count != last:
+                last, quiet_since = self.count, time.perf_counter()
+            elif time.perf_counter() - quiet_since > 0.5:
+                return
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.pubsub.aclose()
+        await self.client.aclose()
+
+
+# -- drain throughput ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    kind: str  # "worker" or "raw"
+    processes: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} x{self.processes}"
+
+
+VARIANTS = (Variant("worker", 1), Variant("raw", 1), Variant("worker", 2), Variant("raw", 2))
+
+
+@dataclass
+class DrainRun:
+    rate: float | None  # None: did not finish in time
+    seconds: float
+    received: int
+    distinct: int
+    published: int
+
+
+@dataclass
+class Bench:
+    url: str
+    redis_url: str
+    db: Any  # asyncpg connection for loading and polling (sequential scans off)
+    subscriber: Subscriber
+
+
+async def load_backlog(db: Any, rows: int) -> None:
+    await db.execute("TRUNCATE outbox RESTART IDENTITY")
+    await db.execute(LOAD_BACKLOG, rows)
+    await db.execute("VACUUM (ANALYZE) outbox")
+
+
+async def hold_table(url: str) -> tuple[Any, Any]:
+    """A connection holding ``EXCLUSIVE`` on outbox: reads pass, claims wait."""
+    gate = await asyncpg.connect(libpq_dsn(url))
+    transaction = gate.transaction()
+    await transaction.start()
+    await gate.execute("LOCK TABLE outbox IN EXCLUSIVE MODE")
+    return gate, transaction
+
+
+async def wait_drained(db: Any, within: float) -> float | None:
+    """perf_counter() when no row is pending or in progress; None after ``within`` s."""
+    deadline = time.perf_counter() + within
+    while time.perf_counter() < deadline:
+        if await db.fetchval(DRAINED):
+            return time.perf_counter()
+        await asyncio.sleep(POLL_SECONDS)
+    return None
+
+
+async def start_variant(b: Bench, variant: Variant, batch: int) -> list[Child]:
+    names = [f"bench-{variant.kind}-{i + 1}" for i in range(variant.processes)]
+    if variant.kind == "raw":
+        return [await start_raw(b.url, b.redis_url, batch, name) for name in names]
+    extra = {"PUBSUB_MODE": "global", "POLL_INTERVAL_MS": "1000"}
+    envs = [worker_env(b.url, b.redis_url, batch, name, **extra) for name in names]
+    return [await start_worker(env, name) for env, name in zip(envs, names, strict=True)]
+
+
+async def drain_once(b: Bench, variant: Variant, batch: int, rows: int) -> DrainRun:
+    await load_backlog(b.db, rows)
+    gate, transaction = await hold_table(b.url)
+    children: list[Child] = []
+    try:
+        children = await start_variant(b, variant, batch)
+        await wait_ready(children)
+        b.subscriber.reset()
+        started = time.perf_counter()
+        await transaction.rollback()
+        finished = await wait_drained(b.db, within=max(60.0, rows / 500))
+        await b.subscriber.settle(rows)
+    finally:
+        await gate.close()
+        await stop_children(children)
+    note_problems(f"drain batch={batch} {variant.label}", children)
+    published = await b.db.fetchval("SELECT count(*) FROM outbox WHERE status = 'published'")
+    if finished is None:
+        counts = dict(await b.db.fetch(STATUS_COUNTS))
+        PROBLEMS.append(f"drain batch={batch} {variant.label}: not drained in time: {counts}")
+    seconds = (finished or time.perf_counter()) - started
+    rate = rows / seconds if finished is not None else None
+    s = b.subscriber
+    return DrainRun(rate, seconds, s.count, len(s.first_seen), published)
+
+
+Results = dict[tuple[int, Variant], list[DrainRun]]
+
+
+async def drain_section(b: Bench, batches: Sequence[int], rounds: int, rows: int) -> Results:
+    print(f"drain throughput: {rows:,} pending rows per run, variants alternating\n")
+    results: Results = {}
+    for batch in batches:
+        for round_ in range(1, rounds + 1):
+            for variant in VARIANTS:
+                run = await drain_once(b, variant, batch, rows)
+                results.setdefault((batch, variant), []).append(run)
+                rate = "did not finish" if run.rate is None else f"{run.rate:,.0f} rows/s"
+                print(
+                    f"  batch {batch:>4} {variant.label:<9} round {round_}: {rate:>15}"
+                    f"  ({run.seconds:.2f} s; published {run.published:,};"
+                    f" received {run.received:,}, distinct {run.distinct:,})",
+                    flush=True,
+                )
+    return results
+
+
+def median_rate(runs: Sequence[DrainRun]) -> float | None:
+    rates = [r.rate for r in runs if r.rate is not None]
+    return statistics.median(rates) if len(rates) == len(runs) else None
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or not b else f"{a / b:.2f}"
+
+
+def print_drain_table(results: Results, batches: Sequence[int], rounds: int, rows: int) -> None:
+    heads = "".join(f"{f'round {i}':>10}" for i in range(1, rounds + 1))
+    print(f"\n{'batch':>5}  {'variant':<10}{heads}{'median':>10}  received per run")
+    for batch in batches:
+        for variant in VARIANTS:
+            runs = results[(batch, variant)]
+            rates = "".join("{:>10}".format(f"{r.rate:,.0f}" if r.rate else "-") for r in runs)
+            median = median_rate(runs)
+            shown = "-" if median is None else f"{median:,.0f}"
+            received = ", ".join(
+                f"{r.received:,}" + ("" if r.received == r.distinct else f" ({r.distinct:,} ids)")
+                for r in runs
+            )
+            print(f"{batch:>5}  {variant.label:<10}{rates}{shown:>10}  {received}")
+    print(f"\nratios of medians (expected per run: {rows:,} received, {rows:,} ids)")
+    heads = ("worker/raw x1", "worker/raw x2", "worker x2/x1", "raw x2/x1")
+    print(f"{'batch':>5}" + "".join(f"{h:>15}" for h in heads))
+    for batch in batches:
+        m = {v: median_rate(results[(batch, v)]) for v in VARIANTS}
+        w1, r1, w2, r2 = (m[v] for v in VARIANTS)
+        figures = (ratio(w1, r1), ratio(w2, r2), ratio(w2, w1), ratio(r2, r1))
+        print(f"{batch:>5}" + "".join(f"{f:>15}" for f in figures))
+
+
+# -- end-to-end latency --------------------------------------------------------------------
+
+
+async def produce(url: str, rate: float, seconds: float) -> tuple[dict[int, float], float]:
+    """Commit one row per transaction at ``rate``; return {id: commit time}, achieved rate."""
+    conn = await asyncpg.connect(libpq_dsn(url))
+    committed: dict[int, float] = {}
+    total = round(rate * seconds)
+    try:
+        start = time.perf_counter()
+        for i in range(total):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            payload = json.dumps({"text": "hello", "n": i})
+            row_id = await conn.fetchval(PRODUCE, f"room-{i % 100}", payload)
+            committed[row_id] = time.time()
+        achieved = total / (time.perf_counter() - start)
+    finally:
+        await conn.close()
+    return committed, achieved
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of an ascending, non-empty sequence."""
+    rank = max(1, math.ceil(len(ordered) * p / 100))
+    return ordered[rank - 1]
+
+
+def latency_figures(committed: dict[int, float], seen: dict[int, float]) -> str:
+    latencies = sorted((seen[i] - t) * 1000 for i, t in committed.items() if i in seen)
+    if not latencies:
+        return "nothing received"
+    points = (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+    return "  ".join(f"{name} {percentile(latencies, p):6.1f}" for name, p in points)
+
+
+async def latency_once(
+    b: Bench, label: str, start: Callable[[], Awaitable[Child]], rate: float, seconds: float
+) -> None:
+    await b.db.execute("TRUNCATE outbox RESTART IDENTITY")
+    children = [await start()]
+    try:
+        await wait_ready(children)
+        b.subscriber.reset()
+        committed, achieved = await produce(b.url, rate, seconds)
+        await b.subscriber.settle(len(committed))
+    finally:
+        await stop_children(children)
+    note_problems(f"latency {label}", children)
+    s = b.subscriber
+    print(
+        f"  {label:<34} sent {len(committed):,} ({achieved:,.0f}/s), received {s.count:,}"
+        f" ({len(s.first_seen):,} ids); ms: {latency_figures(committed, s.first_seen)}",
+        flush=True,
+    )
+
+
+async def latency_section(b: Bench, rate: float, seconds: float) -> None:
+    print(f"\nend-to-end latency: {rate:g} rows/s for {seconds:g} s, one commit per row\n")
+
+    def worker() -> Awaitable[Child]:
+        env = worker_env(b.url, b.redis_url, 100, "bench-latency-worker")
+        return start_worker(env, "bench-latency-worker")
+
+    def raw() -> Awaitable[Child]:
+        return start_raw(b.url, b.redis_url, 100, "bench-latency-raw", RAW_LATENCY_POLL_MS)
+
+    await latency_once(b, "chat worker (defaults, LISTEN)", worker, rate, seconds)
+    label = f"raw loop (no LISTEN, {RAW_LATENCY_POLL_MS} ms poll)"
+    await latency_once(b, label, raw, rate, seconds)
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+async def main(url: str, redis_url: str, args: argparse.Namespace) -> None:
+    db = await asyncpg.connect(libpq_dsn(url))
+    await db.execute("SET enable_seqscan = off")  # poll from the partial indexes
+    subscriber = Subscriber(redis_url)
+    await subscriber.start()
+    b = Bench(url, redis_url, db, subscriber)
+    try:
+        results = await drain_section(b, args.batch, args.rounds, args.rows)
+        print_drain_table(results, args.batch, args.rounds, args.rows)
+        if args.latency_seconds > 0:
+            await latency_section(b, args.rate, args.latency_seconds)
+    finally:
+        await subscriber.close()
+        await db.close()
+    print("\nworker / loop problems:" if PROBLEMS else "\nno worker / loop problems logged")
+    for problem in PROBLEMS:
+        print(f"  {problem}")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, nargs="+", default=[100, 500])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--raw-loop", nargs=4, metavar=("URL", "REDIS_URL", "BATCH", "ID"))
+    parser.add_argument("--poll-ms", type=int, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    if args.raw_loop:
+        url, redis_url, batch, worker_id = args.raw_loop
+        asyncio.run(raw_loop(url, redis_url, int(batch), worker_id, args.poll_ms))
+        sys.exit(0)
+    with local_services() as services:
+        # run_with_scratch_database reads DATABASE_URL: point it at the server just chosen.
+        os.environ["DATABASE_URL"] = services.database_url
+        run_with_scratch_database(lambda url: main(url, services.redis_url, args))

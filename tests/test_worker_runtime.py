@@ -1,0 +1,328 @@
+"""The worker runtime in-process, on real PostgreSQL, with small handlers of our own."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox import ClaimedMessage, NewMessage, claim_batch, enqueue_many
+from outbox.handler import (
+    DELIVERED,
+    GiveUp,
+    GiveUpError,
+    Outcome,
+    PerMessage,
+    Retry,
+    RetryLaterError,
+    TransportUnavailable,
+)
+from outbox.settings import WorkerSettings, load_settings
+from outbox.worker import Worker
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    """A batch handler whose behaviour per message is a function of the message."""
+
+    name = "recorder"
+
+    def __init__(self, decide: Callable[[ClaimedMessage], Awaitable[Outcome]]) -> None:
+        self.decide = decide
+        self.seen: list[int] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def check(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    async def handle_batch(self, messages: Sequence[ClaimedMessage]) -> Sequence[Outcome]:
+        self.in_flight += len(messages)
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self.seen += [m.id for m in messages]
+            return [await self.decide(m) for m in messages]
+        finally:
+            self.in_flight -= len(messages)
+
+
+async def deliver(_: ClaimedMessage) -> Outcome:
+    return DELIVERED
+
+
+def settings(database_url: str, **values: Any) -> WorkerSettings:
+    defaults: dict[str, Any] = {
+        "database_url": database_url,
+        "worker_id": "w1",
+        "poll_interval_ms": 50,
+        "reap_interval_seconds": 0.2,
+        "log_format": "text",
+    }
+    return load_settings(WorkerSettings, **{**defaults, **values})
+
+
+@asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        try:
+            yield worker
+        finally:
+            worker.stop()
+
+
+async def add(engine: AsyncEngine, count: int, type_: str = "message.created") -> list[int]:
+    async with engine.begin() as conn:
+        return await enqueue_many(conn, [NewMessage(type_, {"n": n}) for n in range(count)])
+
+
+async def rows(engine: AsyncEngine) -> dict[int, tuple[str, int, str | None]]:
+    async with engine.connect() as conn:
+        result = await conn.execute(text("SELECT id, status, attempts, error FROM outbox"))
+        return {r.id: (r.status, r.attempts, r.error) for r in result}
+
+
+async def settle(engine: AsyncEngine, done: Callable[[dict[int, Any]], bool]) -> dict[int, Any]:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        state = await rows(engine)
+        if done(state):
+            return state
+        await anyio.sleep(0.03)
+    raise AssertionError(f"never settled: {await rows(engine)}")
+
+
+def all_in(*statuses: str) -> Callable[[dict[int, Any]], bool]:
+    return lambda state: bool(state) and all(s in statuses for s, _, _ in state.values())
+
+
+async def test_outcomes_become_published_retried_and_dead(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    ids = await add(engine, 4)
+    verdicts: dict[int, Outcome] = {
+        ids[0]: DELIVERED,
+        ids[1]: Retry("try later", delay=3600),
+        ids[2]: GiveUp("malformed"),
+        ids[3]: Retry("flaky"),
+    }
+
+    async def decide(message: ClaimedMessage) -> Outcome:
+        return verdicts[message.id]
+
+    worker = Worker(Recorder(decide), settings(database_url, max_attempts=2, backoff_schedule="0"))
+    async with running(worker):
+        state = await settle(engine, lambda s: s[ids[3]][0] == "dead")
+    assert state[ids[0]] == ("published", 1, None)
+    assert state[ids[1]] == ("pending", 1, "try later")
+    assert state[ids[2]] == ("dead", 1, "malformed")
+    assert state[ids[3]] == ("dead", 2, "flaky")  # retried at once (schedule 0), then out
+    async with engine.connect() as conn:
+        wait = await conn.scalar(
+            text("SELECT next_attempt_at - now() FROM outbox WHERE id = :id"), {"id": ids[1]}
+        )
+    assert timedelta(minutes=59) < wait <= timedelta(hours=1)
+
+
+async def test_a_crashing_or_slow_handler_counts_as_a_failed_attempt(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    crash, slow = await add(engine, 2)
+
+    async def decide(message: ClaimedMessage) -> Outcome:
+        if message.id == crash:
+            raise ValueError("boom")
+        await anyio.sleep(10)
+        return DELIVERED
+
+    handler = PerMessage(_Adapter(decide), timeout=0.3)
+    worker = Worker(handler, settings(database_url, backoff_schedule="3600"))
+    async with running(worker):
+        state = await settle(engine, lambda s: s[crash][1] == 1 and s[slow][2] is not None)
+    assert state[crash] == ("pending", 1, "ValueError: boom")
+    assert state[slow] == ("pending", 1, "timed out after 0.3s")
+
+
+async def test_a_transport_outage_hands_rows_back_without_counting_attempts(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    ids = await add(engine, 3)
+    tries = 0
+
+    async def decide(message: ClaimedMessage) -> Outcome:
+        nonlocal tries
+        tries += 1
+        if tries <= 9:  # three outages of the whole batch, far beyond max_attempts=2
+            raise TransportUnavailable("connection refused")
+        return DELIVERED
+
+    worker = Worker(
+        Recorder(decide),
+        settings(database_url, max_attempts=2, transport_retry_max_seconds=0.2),
+    )
+    async with running(worker):
+        state = await settle(engine, all_in("published"))
+    assert {attempts for _, attempts, _ in state.values()} == {1}
+    assert sorted(state) == ids
+
+
+async def test_the_heartbeat_keeps_a_long_job_leased(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    (row,) = await add(engine, 1)
+
+    async def slow(_: ClaimedMessage) -> Outcome:
+        await anyio.sleep(2.5)
+        return DELIVERED
+
+    worker = Worker(Recorder(slow), settings(database_url, lock_seconds=1))
+    async with running(worker):
+        await anyio.sleep(1.5)  # past the first lease
+        async with engine.begin() as conn:  # a rival claimer finds nothing to take
+            assert await claim_batch(conn, limit=10, lock_seconds=5, worker_id="rival") == []
+        state = await settle(engine, all_in("published"))
+    assert state[row] == ("published", 1, None)
+
+
+async def test_expired_leases_of_a_dead_worker_are_reaped_and_delivered(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    ids = await add(engine, 3)
+    async with engine.begin() as conn:  # "crashed" worker: claimed, then gone
+        await claim_batch(conn, limit=10, lock_seconds=0.2, worker_id="crashed")
+    recorder = Recorder(deliver)
+    async with running(Worker(recorder, settings(database_url))):
+        state = await settle(engine, all_in("published"))
+    assert {attempts for _, attempts, _ in state.values()} == {2}
+    assert sorted(recorder.seen) == ids
+
+
+async def test_in_flight_messages_stay_within_concurrency(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    await add(engine, 60)
+
+    async def slowish(_: ClaimedMessage) -> Outcome:
+        await anyio.sleep(0.01)
+        return DELIVERED
+
+    recorder = Recorder(slowish)
+    async with running(Worker(recorder, settings(database_url, batch_size=4, concurrency=10))):
+        await settle(engine, all_in("published"))
+    assert recorder.max_in_flight <= 10
+    assert recorder.max_in_flight > 4  # more than one batch at a time
+    assert len(recorder.seen) == 60
+
+
+async def test_stop_waits_for_in_flight_work_within_the_grace_period(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    (row,) = await add(engine, 1)
+    started = anyio.Event()
+
+    async def slow(_: ClaimedMessage) -> Outcome:
+        started.set()
+        await anyio.sleep(0.5)
+        return DELIVERED
+
+    worker = Worker(Recorder(slow), settings(database_url, shutdown_grace_seconds=5))
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        await started.wait()
+        worker.stop()
+    assert (await rows(engine))[row] == ("published", 1, None)
+
+
+async def test_work_past_the_grace_period_is_rescheduled_due_at_once(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    (row,) = await add(engine, 1)
+    started = anyio.Event()
+
+    async def stuck(_: ClaimedMessage) -> Outcome:
+        started.set()
+        await anyio.sleep(60)
+        return DELIVERED
+
+    worker = Worker(Recorder(stuck), settings(database_url, shutdown_grace_seconds=0.2))
+    begun = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        await started.wait()
+        worker.stop()
+    assert time.monotonic() - begun < 5
+    status, attempts, error = (await rows(engine))[row]
+    assert (status, attempts) == ("pending", 1)
+    assert error == "worker stopped before the handler finished"
+
+
+async def test_only_the_configured_prefixes_are_taken(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    docs = await add(engine, 2, "document.preprocess.v1")
+    chats = await add(engine, 2, "message.created")
+    recorder = Recorder(deliver)
+    config = settings(database_url, include_type_prefixes="document.")
+    async with running(Worker(recorder, config)):
+        await settle(engine, lambda s: all(s[i][0] == "published" for i in docs))
+        await anyio.sleep(0.2)
+    assert sorted(recorder.seen) == docs
+    state = await rows(engine)
+    assert [state[i] for i in chats] == [("pending", 0, None)] * 2
+
+
+class _Adapter:
+    """A MessageHandler from a decide function (raises instead of returning outcomes)."""
+
+    name = "adapter"
+
+    def __init__(self, decide: Callable[[ClaimedMessage], Awaitable[Outcome]]) -> None:
+        self.decide = decide
+
+    async def check(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    async def handle(self, message: ClaimedMessage) -> None:
+        await self.decide(message)
+
+
+async def test_per_message_maps_exceptions_to_outcomes(engine: AsyncEngine) -> None:
+    async def decide(message: ClaimedMessage) -> Outcome:
+        behaviour = message.payload["n"]  # type: ignore[index,call-overload]
+        if behaviour == 1:
+            raise RetryLaterError("busy", delay=7)
+        if behaviour == 2:
+            raise GiveUpError("rejected")
+        if behaviour == 3:
+            raise KeyError("x")
+        return DELIVERED
+
+    await add(engine, 4)
+    async with engine.begin() as conn:
+        claimed = await claim_batch(conn, limit=4, lock_seconds=5, worker_id="w")
+    outcomes = await PerMessage(_Adapter(decide), timeout=1).handle_batch(claimed)
+    expected = [DELIVERED, Retry("busy", 7), GiveUp("rejected"), Retry("KeyError: 'x'")]
+    assert list(outcomes) == expected
+
+
+def test_worker_settings_defaults_follow_batch_size() -> None:
+    config = load_settings(WorkerSettings, database_url="postgresql://u@h/db", batch_size=50)
+    assert config.max_in_flight == 100
+    assert config.include is None
+    assert load_settings(
+        WorkerSettings, database_url="postgresql://u@h/db", exclude_type_prefixes=" a., b. ,"
+    ).exclude == ("a.", "b.")
