@@ -39,13 +39,15 @@ class Acks:
     dead: list[tuple[ClaimedMessage, str]] = field(default_factory=list)
     released: list[ClaimedMessage] = field(default_factory=list)
     release_hold: float | None = None
-    created: float = field(default_factory=time.time)
+    duration_ms: dict[int, float] = field(default_factory=dict)
+    """How long the handler took, by message id (for the logs)."""
 
     def extend(self, other: Acks) -> None:
         self.published += other.published
         self.retried += other.retried
         self.dead += other.dead
         self.released += other.released
+        self.duration_ms.update(other.duration_ms)
         if other.release_hold is not None:
             self.release_hold = max(self.release_hold or 0.0, other.release_hold)
 
@@ -117,6 +119,10 @@ class Acknowledger:
                 if message.id in result.applied:
                     m.lag_seconds.labels(message.type).observe(now - message.created_at.timestamp())
             m.count(m.published, (x for x in acks.published if x.id in result.applied))
+            if log.isEnabledFor(logging.DEBUG):
+                for message in acks.published:
+                    if message.id in result.applied:
+                        self._log(logging.DEBUG, "message.published", message, acks)
             acks.published = []  # written: a retried flush must not repeat it
         if acks.retried:
             messages = [message for message, _ in acks.retried]
@@ -133,15 +139,10 @@ class Acknowledger:
                 if message.id in outcome.lost:
                     continue
                 gone = message.id in outcome.dead
-                log_event(
-                    log,
-                    logging.WARNING if gone else logging.INFO,
-                    "message.dead" if gone else "message.retried",
-                    id=message.id,
-                    type=message.type,
-                    attempt=message.attempts,
-                    error=r.error,
+                level, event = (
+                    (logging.WARNING, "message.dead") if gone else (logging.INFO, "message.retried")
                 )
+                self._log(level, event, message, acks, error=r.error)
             self._lost(AckResult(outcome.retried | outcome.dead, outcome.lost), messages, "retry")
             m.count(m.retried, (x for x in messages if x.id in outcome.retried))
             m.count(m.dead, (x for x in messages if x.id in outcome.dead))
@@ -152,14 +153,8 @@ class Acknowledger:
             result = await mark_dead(self.db, messages, worker_id=wid, error=errors)
             for message in messages:
                 if message.id in result.applied:
-                    log_event(
-                        log,
-                        logging.WARNING,
-                        "message.dead",
-                        id=message.id,
-                        type=message.type,
-                        attempt=message.attempts,
-                        error=errors[message.id],
+                    self._log(
+                        logging.WARNING, "message.dead", message, acks, error=errors[message.id]
                     )
             self._lost(result, messages, "dead")
             m.count(m.dead, (x for x in messages if x.id in result.applied))
@@ -169,6 +164,19 @@ class Acknowledger:
             self._lost(result, acks.released, "release")
             m.count(m.released, (x for x in acks.released if x.id in result.applied))
             acks.released = []
+
+    @staticmethod
+    def _log(level: int, event: str, message: ClaimedMessage, acks: Acks, **extra: str) -> None:
+        log_event(
+            log,
+            level,
+            event,
+            id=message.id,
+            type=message.type,
+            attempt=message.attempts,
+            duration_ms=acks.duration_ms.get(message.id),
+            **extra,
+        )
 
     def _lost(self, result: AckResult, messages: Sequence[ClaimedMessage], action: str) -> None:
         if not result.lost:

@@ -247,7 +247,8 @@ class Worker:
                 continue
             self.metrics.count(self.metrics.claimed, claimed)
             if self._stopping.is_set():  # claimed during the stop: hand back, not started
-                await acker.submit(Acks(released=list(claimed)))
+                with anyio.move_on_after(max(5.0, s.shutdown_grace_seconds)):
+                    await acker.submit(Acks(released=list(claimed)))
                 break
             batch = _Batch(claimed, time.monotonic())
             self._in_flight.add(batch)
@@ -274,6 +275,7 @@ class Worker:
             error = describe_error(exc)
             acks = Acks(retried=[(m, Retry(error)) for m in messages])
         elapsed = time.monotonic() - started
+        acks.duration_ms = dict.fromkeys((m.id for m in messages), round(elapsed * 1000, 2))
         for message_type in {m.type for m in messages}:
             self.metrics.handle_seconds.labels(message_type).observe(elapsed)
         await acker.submit(acks)
