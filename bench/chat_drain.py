@@ -1,29 +1,35 @@
 """Chat drain: the chat worker process against a raw asyncpg claim/publish/ack loop.
 
     python bench/chat_drain.py [--rows 50000] [--batch 100 500] [--rounds 2]
-                               [--latency-seconds 10] [--rate 500]
+                               [--latency-seconds 10] [--rate 500] [--channel NAME]
 
 Uses DATABASE_URL if it answers, else a throwaway local PostgreSQL, in a scratch database;
 REDIS_URL if it answers, else a throwaway Redis. Two measurements:
 
-1. **Drain throughput** (rows/s). ``--rows`` pending ``message.created`` rows are inserted
-   (one ``INSERT ... SELECT FROM generate_series``, then ``VACUUM ANALYZE``) before anything
-   starts. Then either ``python -m workers.chat`` (``PUBSUB_MODE=global``, the given
-   ``BATCH_SIZE``, ``POLL_INTERVAL_MS=1000``, default ``CONCURRENCY``) or the raw loop below
-   runs as one or two processes until every row is ``published``. The raw loop (this file
-   with ``--raw-loop``) is one asyncpg connection running: one-statement claim (unfiltered,
-   ``FOR UPDATE SKIP LOCKED``) -> the same JSON envelope as ``workers.chat.envelope``,
-   PUBLISHed in one redis-py pipeline -> one-statement ack; it exits when a claim comes back
-   empty. The clock starts once every process is ready (the worker's ``worker.ready`` log
-   line, the loop's ``ready`` on stdout): until then the bench holds an ``EXCLUSIVE`` lock
-   on the table, so no process gets a head start, and releases it when the clock starts.
-   It stops when no row is ``pending`` or ``in_progress`` (polled every 20 ms). Variants
-   alternate within each round. A Redis subscriber counts what arrives on ``chat:message``.
+1. **Drain throughput** (rows/s). Each run starts from ``--rows`` pending
+   ``message.created`` rows (``TRUNCATE``, one ``INSERT ... SELECT FROM generate_series``,
+   ``VACUUM ANALYZE``), then starts one or two processes of either
+
+   * the chat worker, ``python -m workers.chat`` (``PUBSUB_MODE=global``, the given
+     ``BATCH_SIZE``, ``POLL_INTERVAL_MS=1000``, default ``CONCURRENCY``), or
+   * the raw loop (this file with ``--raw-loop``): one asyncpg connection running a
+     one-statement claim (unfiltered, ``FOR UPDATE SKIP LOCKED``), the same JSON envelope as
+     ``workers.chat.envelope`` PUBLISHed in one redis-py pipeline, a one-statement ack;
+     after an empty claim it waits a second (the worker's poll interval), until SIGTERM.
+
+   The clock starts once every process is ready (the worker's ``worker.ready`` log line,
+   the loop's ``ready`` on stdout): until then the bench holds an ``EXCLUSIVE`` lock on the
+   table, so reads pass but claims wait and no process gets a head start. It stops when no
+   row is ``pending`` or ``in_progress`` (polled every 20 ms). Variants alternate within
+   each round. A Redis subscriber counts what arrives on the channel: by default a fresh
+   ``chat:message:bench-*``, so that other users of a shared Redis neither disturb the
+   counts nor receive the flood. Also printed: CPU time used during the drain by the
+   processes and by their PostgreSQL backends (Linux ``/proc``; everything runs locally).
 2. **End-to-end latency** at a fixed rate, one process, ``BATCH_SIZE=100``: a producer
    commits one row per transaction at ``--rate`` rows/s (absolute deadlines) for
    ``--latency-seconds``; latency is the subscriber's receipt time minus the time the
    producer's commit returned (same machine clock). The chat worker runs with its defaults
-   (LISTEN on); the raw loop, which has no LISTEN, polls every 10 ms when a claim is empty.
+   (LISTEN on); the raw loop, which has no LISTEN, polls every 10 ms after an empty claim.
 
 Worker log lines at WARNING or above, unexpected events, non-zero exit codes and slow stops
 are listed at the end. Prints figures; asserts nothing.
@@ -41,6 +47,7 @@ import signal
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +60,7 @@ from scratch import run_with_scratch_database
 from outbox.dburl import libpq_dsn
 from outbox.devservers import local_services
 
-CHANNEL = "chat:message"
+CHANNEL_PREFIX = "chat:message:bench-"
 REPO = Path(__file__).resolve().parent.parent
 POLL_SECONDS = 0.02
 READY_TIMEOUT = 60.0
@@ -119,9 +126,9 @@ def raw_envelope(row: Any) -> str:
 
 
 async def raw_loop(
-    url: str, redis_url: str, batch: int, worker_id: str, poll_ms: int | None
+    url: str, redis_url: str, channel: str, batch: int, worker_id: str, poll_ms: int
 ) -> None:
-    """Claim, publish, ack until a claim is empty (or, with ``poll_ms``, until SIGTERM)."""
+    """Claim, publish, ack; after an empty claim wait ``poll_ms``; until SIGTERM."""
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     conn = await asyncpg.connect(
@@ -139,11 +146,9 @@ async def raw_loop(
             if rows:
                 pipe = redis.pipeline(transaction=False)
                 for row in rows:
-                    pipe.publish(CHANNEL, raw_envelope(row))
+                    pipe.publish(channel, raw_envelope(row))
                 await pipe.execute()
                 await conn.execute(RAW_ACK, [row["id"] for row in rows])
-            elif poll_ms is None:
-                break
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), poll_ms / 1000)
@@ -156,6 +161,17 @@ async def raw_loop(
 
 
 @dataclass
+class Bench:
+    """Where everything runs: the scratch database, Redis and the channel."""
+
+    url: str
+    redis_url: str
+    channel: str
+    db: Any  # asyncpg connection for loading and polling (sequential scans off)
+    subscriber: Subscriber
+
+
+@dataclass
 class Child:
     """A worker or raw-loop process, its ready signal and everything it wrote to stderr."""
 
@@ -165,7 +181,6 @@ class Child:
     lines: list[str] = field(default_factory=list)
     readers: list[asyncio.Task[None]] = field(default_factory=list)
     stop_seconds: float | None = None
-    exits_when_drained: bool = False  # the raw loop in drain mode: no SIGTERM needed
 
 
 async def _read_lines(
@@ -181,13 +196,12 @@ async def _read_lines(
             child.lines.append(line)
 
 
-def worker_env(
-    url: str, redis_url: str, batch: int, worker_id: str, **extra: str
-) -> dict[str, str]:
+def worker_env(b: Bench, batch: int, worker_id: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.upper() != "CONCURRENCY"}
     env.update(
-        DATABASE_URL=url,
-        REDIS_URL=redis_url,
+        DATABASE_URL=b.url,
+        REDIS_URL=b.redis_url,
+        PUBSUB_CHANNEL=b.channel,
         BATCH_SIZE=str(batch),
         WORKER_ID=worker_id,
         # INFO, not WARNING: worker.ready is logged at INFO; nothing per batch is.
@@ -213,12 +227,9 @@ async def start_worker(env: dict[str, str], name: str) -> Child:
     return child
 
 
-async def start_raw(
-    url: str, redis_url: str, batch: int, name: str, poll_ms: int | None = None
-) -> Child:
-    args = [__file__, "--raw-loop", url, redis_url, str(batch), name]
-    if poll_ms is not None:
-        args += ["--poll-ms", str(poll_ms)]
+async def start_raw(b: Bench, batch: int, name: str, poll_ms: int = 1000) -> Child:
+    args = [__file__, "--raw-loop", b.url, b.redis_url, b.channel, str(batch), name]
+    args += ["--poll-ms", str(poll_ms)]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         *args,
@@ -226,7 +237,7 @@ async def start_raw(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    child = Child(name, proc, exits_when_drained=poll_ms is None)
+    child = Child(name, proc)
     ready = _read_lines(child, proc.stdout, marker="ready", keep=False)
     child.readers.append(asyncio.create_task(ready))
     child.readers.append(asyncio.create_task(_read_lines(child, proc.stderr)))
@@ -251,12 +262,11 @@ async def wait_ready(children: Sequence[Child]) -> None:
 
 
 async def stop_children(children: Sequence[Child]) -> None:
-    """SIGTERM each child still running (unless it exits by itself); wait for it (kill
-    after STOP_TIMEOUT)."""
+    """SIGTERM each child still running; wait for it (kill after STOP_TIMEOUT)."""
 
     async def one(child: Child) -> None:
         started = time.perf_counter()
-        if child.proc.returncode is None and not child.exits_when_drained:
+        if child.proc.returncode is None:
             child.proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(child.proc.wait(), STOP_TIMEOUT)
@@ -302,21 +312,69 @@ def note_problems(run: str, children: Sequence[Child]) -> None:
             PROBLEMS.append(f"{run} / {child.name}: took {child.stop_seconds:.1f} s to stop")
 
 
+# -- CPU time ----------------------------------------------------------------------------
+
+# The backends of the processes under test (application_name "outbox bench-...", "raw ...").
+BENCH_BACKENDS = """
+    SELECT pid FROM pg_stat_activity
+    WHERE datname = current_database() AND application_name LIKE '%bench-%'
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live local process (Linux ``/proc``); 0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # fields[0] is the state, field 3 of stat(5)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuMeter:
+    """CPU the children and their PostgreSQL backends used since :meth:`start`."""
+
+    children: Sequence[Child]
+    before: dict[int, float] = field(default_factory=dict)
+
+    async def _pids(self, db: Any) -> tuple[list[int], list[int]]:
+        backends = [row["pid"] for row in await db.fetch(BENCH_BACKENDS)]
+        return [child.proc.pid for child in self.children], backends
+
+    async def start(self, db: Any) -> None:
+        processes, backends = await self._pids(db)
+        self.before = {pid: cpu_seconds(pid) for pid in processes + backends}
+
+    async def read(self, db: Any) -> tuple[float, float]:
+        """(processes, backends) CPU seconds; backends opened since start count from 0."""
+        processes, backends = await self._pids(db)
+
+        def used(pids: list[int]) -> float:
+            return sum(cpu_seconds(pid) - self.before.get(pid, 0.0) for pid in pids)
+
+        return used(processes), used(backends)
+
+
 # -- the Redis subscriber ------------------------------------------------------------------
 
 
 class Subscriber:
-    """Counts messages on CHANNEL and keeps each envelope id's first receipt time."""
+    """Counts what arrives on ``channel``; keeps each envelope id's first receipt time.
 
-    def __init__(self, redis_url: str) -> None:
+    A second copy of an id with the same body is a repeat (the row was published again); with
+    another body, or not an envelope at all, it is foreign (someone else's publisher).
+    """
+
+    def __init__(self, redis_url: str, channel: str) -> None:
         self.client = aioredis.Redis.from_url(redis_url)
         self.pubsub = self.client.pubsub()
+        self.channel = channel
         self.task: asyncio.Task[None] | None = None
-        self.count = 0
-        self.first_seen: dict[int, float] = {}
+        self.reset()
 
     async def start(self) -> None:
-        await self.pubsub.subscribe(CHANNEL)
+        await self.pubsub.subscribe(self.channel)
         while True:  # the confirmation: from here on nothing published is missed
             message = await self.pubsub.get_message(timeout=5.0)
             if message is not None and message["type"] == "subscribe":
@@ -326,13 +384,36 @@ class Subscriber:
     async def _receive(self) -> None:
         async for message in self.pubsub.listen():
             if message["type"] == "message":
-                received = time.time()
-                self.count += 1
-                self.first_seen.setdefault(json.loads(message["data"])["id"], received)
+                self._record(message["data"], time.time())
+
+    def _record(self, body: bytes, received: float) -> None:
+        self.count += 1
+        try:
+            id_ = json.loads(body)["id"]
+            first = self.bodies.get(id_)
+        except (ValueError, KeyError, TypeError):
+            self.foreign += 1
+            return
+        if first is None:
+            self.bodies[id_] = body
+            self.first_seen[id_] = received
+        elif first == body:
+            self.repeats += 1
+        else:
+            self.foreign += 1
 
     def reset(self) -> None:
         self.count = 0
-        self.first_seen = {}
+        self.repeats = 0
+        self.foreign = 0
+        self.first_seen: dict[int, float] = {}
+        self.bodies: dict[int, bytes] = {}
+
+    def summary(self) -> str:
+        return (
+            f"received {self.count:,}: {len(self.first_seen):,} ids,"
+            f" {self.repeats:,} repeats, {self.foreign:,} foreign"
+        )
 
     async def settle(self, expected: int, within: float = 5.0) -> None:
         """Wait until ``expected`` messages arrived, or nothing arrives for half a second."""
@@ -374,17 +455,22 @@ VARIANTS = (Variant("worker", 1), Variant("raw", 1), Variant("worker", 2), Varia
 class DrainRun:
     rate: float | None  # None: did not finish in time
     seconds: float
-    received: int
-    distinct: int
     published: int
+    received: int
+    ids: int
+    repeats: int
+    foreign: int
+    process_cpu: float  # seconds, the processes under test
+    backend_cpu: float  # seconds, their PostgreSQL backends
 
-
-@dataclass
-class Bench:
-    url: str
-    redis_url: str
-    db: Any  # asyncpg connection for loading and polling (sequential scans off)
-    subscriber: Subscriber
+    def deliveries(self, rows: int) -> str:
+        """``rows`` when each row arrived once, else what differed."""
+        parts = [f"{self.ids:,}" + ("" if self.ids == rows else f" of {rows:,} ids")]
+        if self.repeats:
+            parts.append(f"+{self.repeats:,} repeats")
+        if self.foreign:
+            parts.append(f"+{self.foreign:,} foreign")
+        return " ".join(parts)
 
 
 async def load_backlog(db: Any, rows: int) -> None:
@@ -415,9 +501,9 @@ async def wait_drained(db: Any, within: float) -> float | None:
 async def start_variant(b: Bench, variant: Variant, batch: int) -> list[Child]:
     names = [f"bench-{variant.kind}-{i + 1}" for i in range(variant.processes)]
     if variant.kind == "raw":
-        return [await start_raw(b.url, b.redis_url, batch, name) for name in names]
+        return [await start_raw(b, batch, name) for name in names]
     extra = {"PUBSUB_MODE": "global", "POLL_INTERVAL_MS": "1000"}
-    envs = [worker_env(b.url, b.redis_url, batch, name, **extra) for name in names]
+    envs = [worker_env(b, batch, name, **extra) for name in names]
     return [await start_worker(env, name) for env, name in zip(envs, names, strict=True)]
 
 
@@ -429,9 +515,12 @@ async def drain_once(b: Bench, variant: Variant, batch: int, rows: int) -> Drain
         children = await start_variant(b, variant, batch)
         await wait_ready(children)
         b.subscriber.reset()
+        cpu = CpuMeter(children)
+        await cpu.start(b.db)
         started = time.perf_counter()
         await transaction.rollback()
         finished = await wait_drained(b.db, within=max(60.0, rows / 500))
+        process_cpu, backend_cpu = await cpu.read(b.db)
         await b.subscriber.settle(rows)
     finally:
         await gate.close()
@@ -444,7 +533,8 @@ async def drain_once(b: Bench, variant: Variant, batch: int, rows: int) -> Drain
     seconds = (finished or time.perf_counter()) - started
     rate = rows / seconds if finished is not None else None
     s = b.subscriber
-    return DrainRun(rate, seconds, s.count, len(s.first_seen), published)
+    deliveries = (s.count, len(s.first_seen), s.repeats, s.foreign)
+    return DrainRun(rate, seconds, published, *deliveries, process_cpu, backend_cpu)
 
 
 Results = dict[tuple[int, Variant], list[DrainRun]]
@@ -462,7 +552,8 @@ async def drain_section(b: Bench, batches: Sequence[int], rounds: int, rows: int
                 print(
                     f"  batch {batch:>4} {variant.label:<9} round {round_}: {rate:>15}"
                     f"  ({run.seconds:.2f} s; published {run.published:,};"
-                    f" received {run.received:,}, distinct {run.distinct:,})",
+                    f" {b.subscriber.summary()}; CPU s: processes {run.process_cpu:.2f},"
+                    f" PG backends {run.backend_cpu:.2f})",
                     flush=True,
                 )
     return results
@@ -477,21 +568,29 @@ def ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or not b else f"{a / b:.2f}"
 
 
+def cpu_per_row(runs: Sequence[DrainRun], rows: int) -> str:
+    """Median CPU microseconds per row: the processes / their PostgreSQL backends."""
+    process = statistics.median(r.process_cpu for r in runs) / rows * 1e6
+    backend = statistics.median(r.backend_cpu for r in runs) / rows * 1e6
+    return f"{process:.0f} / {backend:.0f}"
+
+
 def print_drain_table(results: Results, batches: Sequence[int], rounds: int, rows: int) -> None:
     heads = "".join(f"{f'round {i}':>10}" for i in range(1, rounds + 1))
-    print(f"\n{'batch':>5}  {'variant':<10}{heads}{'median':>10}  received per run")
+    print(
+        f"\n{'batch':>5}  {'variant':<10}{heads}{'median':>10}{'CPU us/row proc / PG':>22}"
+        "  received per run (ids)"
+    )
     for batch in batches:
         for variant in VARIANTS:
             runs = results[(batch, variant)]
             rates = "".join("{:>10}".format(f"{r.rate:,.0f}" if r.rate else "-") for r in runs)
             median = median_rate(runs)
             shown = "-" if median is None else f"{median:,.0f}"
-            received = ", ".join(
-                f"{r.received:,}" + ("" if r.received == r.distinct else f" ({r.distinct:,} ids)")
-                for r in runs
-            )
-            print(f"{batch:>5}  {variant.label:<10}{rates}{shown:>10}  {received}")
-    print(f"\nratios of medians (expected per run: {rows:,} received, {rows:,} ids)")
+            cpu = cpu_per_row(runs, rows)
+            received = ", ".join(r.deliveries(rows) for r in runs)
+            print(f"{batch:>5}  {variant.label:<10}{rates}{shown:>10}{cpu:>22}  {received}")
+    print("\nratios of medians")
     heads = ("worker/raw x1", "worker/raw x2", "worker x2/x1", "raw x2/x1")
     print(f"{'batch':>5}" + "".join(f"{h:>15}" for h in heads))
     for batch in batches:
@@ -552,22 +651,19 @@ async def latency_once(
         await stop_children(children)
     note_problems(f"latency {label}", children)
     s = b.subscriber
-    print(
-        f"  {label:<34} sent {len(committed):,} ({achieved:,.0f}/s), received {s.count:,}"
-        f" ({len(s.first_seen):,} ids); ms: {latency_figures(committed, s.first_seen)}",
-        flush=True,
-    )
+    print(f"  {label}: sent {len(committed):,} ({achieved:,.0f}/s), {s.summary()}")
+    print(f"    latency ms: {latency_figures(committed, s.first_seen)}", flush=True)
 
 
 async def latency_section(b: Bench, rate: float, seconds: float) -> None:
     print(f"\nend-to-end latency: {rate:g} rows/s for {seconds:g} s, one commit per row\n")
 
     def worker() -> Awaitable[Child]:
-        env = worker_env(b.url, b.redis_url, 100, "bench-latency-worker")
+        env = worker_env(b, 100, "bench-latency-worker")
         return start_worker(env, "bench-latency-worker")
 
     def raw() -> Awaitable[Child]:
-        return start_raw(b.url, b.redis_url, 100, "bench-latency-raw", RAW_LATENCY_POLL_MS)
+        return start_raw(b, 100, "bench-latency-raw", RAW_LATENCY_POLL_MS)
 
     await latency_once(b, "chat worker (defaults, LISTEN)", worker, rate, seconds)
     label = f"raw loop (no LISTEN, {RAW_LATENCY_POLL_MS} ms poll)"
@@ -580,9 +676,11 @@ async def latency_section(b: Bench, rate: float, seconds: float) -> None:
 async def main(url: str, redis_url: str, args: argparse.Namespace) -> None:
     db = await asyncpg.connect(libpq_dsn(url))
     await db.execute("SET enable_seqscan = off")  # poll from the partial indexes
-    subscriber = Subscriber(redis_url)
+    subscriber = Subscriber(redis_url, args.channel)
     await subscriber.start()
-    b = Bench(url, redis_url, db, subscriber)
+    b = Bench(url, redis_url, args.channel, db, subscriber)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"channel {args.channel}; {os.cpu_count()} CPUs, load average {load}\n")
     try:
         results = await drain_section(b, args.batch, args.rounds, args.rows)
         print_drain_table(results, args.batch, args.rounds, args.rows)
@@ -591,6 +689,7 @@ async def main(url: str, redis_url: str, args: argparse.Namespace) -> None:
     finally:
         await subscriber.close()
         await db.close()
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("\nworker / loop problems:" if PROBLEMS else "\nno worker / loop problems logged")
     for problem in PROBLEMS:
         print(f"  {problem}")
@@ -603,16 +702,27 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=500.0)
-    parser.add_argument("--raw-loop", nargs=4, metavar=("URL", "REDIS_URL", "BATCH", "ID"))
-    parser.add_argument("--poll-ms", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--channel",
+        default=CHANNEL_PREFIX + uuid.uuid4().hex[:8],
+        help="Pub/Sub channel (default: a fresh chat:message:bench-*, so that nobody else's"
+        " traffic on a shared Redis is counted or disturbed)",
+    )
+    parser.add_argument(
+        "--raw-loop",
+        nargs=5,
+        metavar=("URL", "REDIS_URL", "CHANNEL", "BATCH", "ID"),
+        help="internal: be one raw-loop process (the bench starts these itself)",
+    )
+    parser.add_argument("--poll-ms", type=int, default=1000, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
 if __name__ == "__main__":
     args = parse_args()
     if args.raw_loop:
-        url, redis_url, batch, worker_id = args.raw_loop
-        asyncio.run(raw_loop(url, redis_url, int(batch), worker_id, args.poll_ms))
+        url, redis_url, channel, batch, worker_id = args.raw_loop
+        asyncio.run(raw_loop(url, redis_url, channel, int(batch), worker_id, args.poll_ms))
         sys.exit(0)
     with local_services() as services:
         # run_with_scratch_database reads DATABASE_URL: point it at the server just chosen.

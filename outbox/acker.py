@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -115,9 +116,13 @@ class Acknowledger:
             result = await mark_published(self.db, acks.published, worker_id=wid)
             self._lost(result, acks.published, "published")
             now = time.time()
+            lag_by_type: dict[str, Any] = {}  # one labels() lookup per type, not per message
             for message in acks.published:
                 if message.id in result.applied:
-                    m.lag_seconds.labels(message.type).observe(now - message.created_at.timestamp())
+                    histogram = lag_by_type.get(message.type)
+                    if histogram is None:
+                        histogram = lag_by_type[message.type] = m.lag_seconds.labels(message.type)
+                    histogram.observe(now - message.created_at.timestamp())
             m.count(m.published, (x for x in acks.published if x.id in result.applied))
             if log.isEnabledFor(logging.DEBUG):
                 for message in acks.published:

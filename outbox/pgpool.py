@@ -24,6 +24,10 @@ async def _set_codecs(conn: Any) -> None:
         )
 
 
+async def _keep_session(conn: Any) -> None:
+    """Release without asyncpg's reset query (a round trip per release on the hot path)."""
+
+
 async def create_pool(
     database_url: str,
     *,
@@ -36,13 +40,16 @@ async def create_pool(
 
     ``statement_cache_size=0`` disables named prepared statements, for PgBouncer in
     transaction pooling mode. Connections are opened lazily, so this succeeds while the
-    server is down; the first query reports it.
+    server is down; the first query reports it. Released connections are not reset (no
+    ``RESET ALL``/``UNLISTEN *`` round trip): the library's statements leave no session
+    state behind, and neither may other users of this pool.
     """
     return await asyncpg.create_pool(
         libpq_dsn(database_url),
         min_size=0,
         max_size=max_size,
         init=_set_codecs,
+        reset=_keep_session,
         statement_cache_size=statement_cache_size,
         timeout=connect_timeout,
         command_timeout=None,

@@ -46,7 +46,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
 from sqlalchemy.sql.dml import Insert, Update
-from sqlalchemy.sql.expression import CTE, ColumnClause, ScalarSelect
+from sqlalchemy.sql.elements import Grouping
+from sqlalchemy.sql.expression import CTE, ScalarSelect
 
 from outbox.prefixes import TypeRange
 from outbox.schema import Status
@@ -271,33 +272,31 @@ def _pending_types(index: int, low: str | None, high: str | None) -> CTE:
 # -- acknowledgements ----------------------------------------------------------------------
 
 
-def _lease(**extra: Any) -> Any:
-    """``unnest(:lease_ids, :lease_tokens, :lease_<name>...) AS lease(id, token, ...)``."""
-    arrays = [
-        bindparam("lease_ids", type_=ARRAY(BigInteger)),
-        bindparam("lease_tokens", type_=ARRAY(UUID(as_uuid=True))),
-    ]
-    columns: list[ColumnClause[Any]] = [column("id", BigInteger), column("token", UUID())]
-    for name, sql_type in extra.items():
-        arrays.append(bindparam(f"lease_{name}", type_=ARRAY(sql_type)))
-        columns.append(column(name, sql_type))
-    return func.unnest(*arrays).table_valued(*columns).render_derived(name="lease")
+_LEASE_IDS = bindparam("lease_ids", type_=ARRAY(BigInteger))
+_LEASE_TOKENS = bindparam("lease_tokens", type_=ARRAY(UUID(as_uuid=True)))
+
+# The fence: the row is one of ours (primary-key probes on :lease_ids) and still carries the
+# token our claim gave it. Tokens are fresh random UUIDs per row and claim, so a row whose
+# token is in :lease_tokens is paired with it; no join is needed, and none is left for a
+# generic (prepared) plan to get wrong: a join with unnest() went to a nested loop over all
+# leased rows, 50 ms per 500-row acknowledgement against 5 ms for this form.
+FENCED: tuple[ColumnElement[bool], ...] = (
+    t.c.id == func.any(_LEASE_IDS),
+    t.c.lease_token == func.any(_LEASE_TOKENS),
+    t.c.status == IN_PROGRESS,
+    t.c.locked_by == bindparam("worker_id", type_=Text),
+)
 
 
-def _fenced(lease: Any) -> tuple[ColumnElement[bool], ...]:
-    return (
-        t.c.id == lease.c.id,
-        t.c.lease_token == lease.c.token,
-        t.c.status == IN_PROGRESS,
-        t.c.locked_by == bindparam("worker_id", type_=Text),
-    )
+def _per_lease(name: str, sql_type: Any) -> Any:
+    """``:lease_<name>`` at this row's position in ``:lease_ids`` (one value per message)."""
+    values = Grouping(bindparam(f"lease_{name}", type_=ARRAY(sql_type)))
+    return values[func.array_position(_LEASE_IDS, t.c.id)]
 
-
-_plain_lease = _lease()
 
 MARK_PUBLISHED: Update = (
     update(t)
-    .where(*_fenced(_plain_lease))
+    .where(*FENCED)
     .values(
         status=PUBLISHED,
         published_at=CLOCK,
@@ -310,29 +309,29 @@ MARK_PUBLISHED: Update = (
 )
 """Leased rows -> ``published``. Returns the ids it changed."""
 
-_error_lease = _lease(error=Text)
-
 MARK_DEAD: Update = (
     update(t)
-    .where(*_fenced(_error_lease))
+    .where(*FENCED)
     .values(
-        status=DEAD, error=_error_lease.c.error, locked_by=None, locked_until=None, lease_token=None
+        status=DEAD,
+        error=_per_lease("error", Text),
+        locked_by=None,
+        locked_until=None,
+        lease_token=None,
     )
     .returning(t.c.id)
 )
 """Leased rows -> ``dead`` with ``:lease_error``. Returns the ids it changed."""
 
-_retry_lease = _lease(error=Text, delay=Float)
-
 RESCHEDULE: Update = (
     update(t)
-    .where(*_fenced(_retry_lease))
+    .where(*FENCED)
     .values(
         status=case(
             (t.c.attempts >= bindparam("max_attempts", type_=Integer), DEAD), else_=PENDING
         ),
-        next_attempt_at=CLOCK + _retry_lease.c.delay * SECOND,
-        error=_retry_lease.c.error,
+        next_attempt_at=CLOCK + _per_lease("delay", Float) * SECOND,
+        error=_per_lease("error", Text),
         locked_by=None,
         locked_until=None,
         lease_token=None,
@@ -345,7 +344,7 @@ attempts reach ``:max_attempts``; ``error`` from ``:lease_error``. Returns
 
 EXTEND_LEASE: Update = (
     update(t)
-    .where(*_fenced(_plain_lease))
+    .where(*FENCED)
     # A heartbeat never shortens a lease.
     .values(
         locked_until=func.greatest(t.c.locked_until, CLOCK + bindparam("lease", type_=Interval()))
@@ -356,7 +355,7 @@ EXTEND_LEASE: Update = (
 
 RELEASE: Update = (
     update(t)
-    .where(*_fenced(_plain_lease))
+    .where(*FENCED)
     .values(
         status=PENDING,
         attempts=t.c.attempts - 1,

@@ -17,7 +17,8 @@ import pytest
 from sqlalchemy import UpdateBase
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from outbox import async_database_url
+from outbox import async_database_url, claim_batch
+from outbox import statements as sql
 from outbox.storage import claim_statement, reap_statement
 
 pytestmark = pytest.mark.anyio
@@ -101,6 +102,11 @@ def sql_literal(value: object) -> str:
         return f"timestamptz '{value.isoformat()}'"
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, list):  # an array literal; PREPARE's casts give it its type
+        items = ",".join(
+            '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in value
+        )
+        return sql_literal("{" + items + "}")
     raise TypeError(f"no literal for {value!r}")
 
 
@@ -124,6 +130,16 @@ def rows_read(node: dict[str, Any]) -> int:
         per_loop = int(node.get("Actual Rows", 0)) + int(node.get("Rows Removed by Filter", 0))
         total += per_loop * int(node.get("Actual Loops", 1))
     return total + sum(rows_read(child) for child in node.get("Plans", []))
+
+
+def work(node: dict[str, Any]) -> int:
+    """Rows every node of the plan produced or discarded (filters, join filters), x loops."""
+    per_loop = sum(
+        int(node.get(key, 0))
+        for key in ("Actual Rows", "Rows Removed by Filter", "Rows Removed by Join Filter")
+    )
+    own = per_loop * int(node.get("Actual Loops", 1))
+    return own + sum(work(child) for child in node.get("Plans", []))
 
 
 def claim(**filters: Any) -> Statement:
@@ -173,3 +189,46 @@ async def test_one_domains_claim_does_not_walk_another_domains_backlog(
     assert ("Seq Scan", None) not in read, read
     assert "ix_outbox_claimable_type" in {index for _, index in read}, read
     assert rows_read(executed) <= 1_100, executed
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
+@pytest.mark.parametrize("ack", ["published", "reschedule", "dead", "extend", "release"])
+async def test_acknowledgements_probe_only_their_own_rows(
+    big_engine: AsyncEngine, generic: bool, ack: str
+) -> None:
+    """A 500-row ack reads each row at most once: its own 500, at worst every leased row.
+
+    The join form this replaced read leased rows x batch (250,000 for 500 of 500) under a
+    generic plan: a nested loop rescanning the unnest() for every leased row.
+    """
+    async with big_engine.begin() as conn:
+        # Statistics taken while nothing was leased, as on a live table between ANALYZEs.
+        await fill(conn, published_chat=50_000, pending_chat=2_500)
+    async with big_engine.connect() as conn:
+        await claim_batch(conn, limit=2_000, lock_seconds=30, worker_id="other")
+        claimed = await claim_batch(conn, limit=500, lock_seconds=30, worker_id="w")
+        assert len(claimed) == 500
+        params: dict[str, object] = {
+            "worker_id": "w",
+            "now": None,
+            "lease_ids": [m.id for m in claimed],
+            "lease_tokens": [m.lease_token for m in claimed],
+        }
+        statement, extra = {
+            "published": (sql.MARK_PUBLISHED, {}),
+            "reschedule": (
+                sql.RESCHEDULE,
+                {"lease_error": ["e"] * 500, "lease_delay": [1.5] * 500, "max_attempts": 10},
+            ),
+            "dead": (sql.MARK_DEAD, {"lease_error": ["e"] * 500}),
+            "extend": (sql.EXTEND_LEASE, {"lease": timedelta(seconds=60)}),
+            "release": (sql.RELEASE, {"hold": None}),
+        }[ack]
+        executed = await plan(conn, (statement, {**params, **extra}), generic)
+        await conn.rollback()
+    read = scans(executed)
+    assert executed["Plans"][0]["Actual Rows"] == 500, read
+    assert ("Seq Scan", None) not in read, read
+    # At most: every leased row's index entry once (2,500) plus the 500 rows updated, not
+    # leased rows x batch.
+    assert work(executed) <= 2 * (2_500 + 500), (work(executed), read)
