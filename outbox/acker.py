@@ -1,59 +1,99 @@
 """Acknowledging outcomes in batches: group commit for acks.
 
 Batches hand their outcomes to :meth:`Acknowledger.submit` and wait. One flush task writes
-everything submitted since its last flush with one statement per kind (published, retried,
-dead, released), so concurrent batches share round trips, and a lone batch costs exactly one
-statement per kind it used. A flush that fails on a database error is retried with backoff
-until it succeeds or the worker is cancelled; acks are fenced, so a late one is harmless,
-and an ack never written means only that the message is delivered again after its lease.
+everything submitted since its last flush with one statement per kind (published, dead,
+released, retried), so concurrent batches share round trips, and a lone batch costs exactly
+one statement per kind it used.
+
+A write that fails because the database is unreachable is retried with backoff until it
+succeeds or the worker is cancelled (acks are fenced, so a late one is harmless). A write
+the database rejects for its content is split up and retried message by message; a message
+that still fails is logged as ``ack.failed`` and left to its lease (it is reaped and
+delivered again, counting towards its attempts). One bad message never blocks the rest.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
 
-from outbox._db import AsyncDB
 from outbox.backoff import BackoffPolicy
-from outbox.handler import Retry
+from outbox.handler import Retry, describe
 from outbox.logs import log_event
 from outbox.messages import AckResult, ClaimedMessage
 from outbox.metrics import WorkerMetrics
 from outbox.storage import mark_dead, mark_published, release, reschedule
 
-__all__ = ["Acknowledger", "Acks"]
+__all__ = ["Acknowledger", "Acks", "is_rejected_input"]
 
 log = logging.getLogger("outbox.worker")
 
 
 @dataclass
 class Acks:
-    """Outcomes of one or more batches, by kind."""
+    """Outcomes of one or more batches, by kind. ``released`` pairs a message with its hold."""
 
     published: list[ClaimedMessage] = field(default_factory=list)
-    retried: list[tuple[ClaimedMessage, Retry]] = field(default_factory=list)
     dead: list[tuple[ClaimedMessage, str]] = field(default_factory=list)
-    released: list[ClaimedMessage] = field(default_factory=list)
-    release_hold: float | None = None
+    released: list[tuple[ClaimedMessage, float | None]] = field(default_factory=list)
+    retried: list[tuple[ClaimedMessage, Retry]] = field(default_factory=list)
     duration_ms: dict[int, float] = field(default_factory=dict)
     """How long the handler took, by message id (for the logs)."""
 
     def extend(self, other: Acks) -> None:
         self.published += other.published
-        self.retried += other.retried
         self.dead += other.dead
         self.released += other.released
+        self.retried += other.retried
         self.duration_ms.update(other.duration_ms)
-        if other.release_hold is not None:
-            self.release_hold = max(self.release_hold or 0.0, other.release_hold)
 
     def __bool__(self) -> bool:
-        return bool(self.published or self.retried or self.dead or self.released)
+        return bool(self.published or self.dead or self.released or self.retried)
+
+    def kinds(self) -> Iterator[Acks]:
+        """One :class:`Acks` per non-empty kind, in write order."""
+        empty = Acks(duration_ms=self.duration_ms)
+        if self.published:
+            yield replace(empty, published=self.published)
+        if self.dead:
+            yield replace(empty, dead=self.dead)
+        if self.released:
+            yield replace(empty, released=self.released)
+        if self.retried:
+            yield replace(empty, retried=self.retried)
+
+    def singles(self) -> Iterator[Acks]:
+        """One :class:`Acks` per message (to isolate one the database rejects)."""
+        empty = Acks(duration_ms=self.duration_ms)
+        yield from (replace(empty, published=[m]) for m in self.published)
+        yield from (replace(empty, dead=[d]) for d in self.dead)
+        yield from (replace(empty, released=[r]) for r in self.released)
+        yield from (replace(empty, retried=[r]) for r in self.retried)
+
+    def messages(self) -> list[ClaimedMessage]:
+        return [
+            *self.published,
+            *(m for m, _ in self.dead),
+            *(m for m, _ in self.released),
+            *(m for m, _ in self.retried),
+        ]
+
+
+def is_rejected_input(exc: BaseException) -> bool:
+    """True when retrying the same write cannot help: bad values, not an unreachable server.
+
+    Our own argument checks (``ValueError``/``TypeError``) and PostgreSQL's data exceptions
+    and constraint violations (SQLSTATE classes 22 and 23).
+    """
+    if isinstance(exc, ValueError | TypeError):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in ("22", "23")
 
 
 class Acknowledger:
@@ -61,7 +101,7 @@ class Acknowledger:
 
     def __init__(
         self,
-        db: AsyncDB,
+        db: Any,
         *,
         worker_id: str,
         max_attempts: int,
@@ -78,15 +118,24 @@ class Acknowledger:
         self._buffer = Acks()
         self._flushed = anyio.Event()
         self._has_work = anyio.Event()
+        self._writing: anyio.Event | None = None  # set when the flush under way ends
 
     async def submit(self, acks: Acks) -> None:
-        """Queue ``acks`` and return once a flush has written them."""
+        """Queue ``acks`` and return once a flush has written (or given up on) them."""
         if not acks:
             return
         self._buffer.extend(acks)
         done = self._flushed
         self._has_work.set()
         await done.wait()
+
+    async def drain(self) -> None:
+        """Return once everything submitted so far is written (even if submitters left)."""
+        while self._writing is not None or self._buffer:
+            if self._writing is not None:
+                await self._writing.wait()
+            else:
+                await self._flushed.wait()
 
     async def run(self) -> None:
         """Flush whatever was submitted, as it arrives, until cancelled."""
@@ -95,40 +144,82 @@ class Acknowledger:
             self._has_work = anyio.Event()
             acks, self._buffer = self._buffer, Acks()
             done, self._flushed = self._flushed, anyio.Event()
-            await self._flush_until_written(acks)
-            done.set()
+            self._writing = done
+            try:
+                for part in acks.kinds():
+                    await self._write_until_done(part)
+            finally:
+                self._writing = None
+                done.set()
 
-    async def _flush_until_written(self, acks: Acks) -> None:
+    async def _write_until_done(self, part: Acks) -> None:
         delay = 0.05
         while True:
             try:
-                await self._flush(acks)
+                await self._write(part)
                 return
-            except Exception as exc:  # database down: keep the outcomes, try again
-                self.on_database_error(exc)
+            except Exception as exc:
+                if is_rejected_input(exc):
+                    await self._write_one_by_one(part, exc)
+                    return
+                self.on_database_error(exc)  # unreachable: keep the outcomes, try again
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _flush(self, acks: Acks) -> None:
+    async def _write_one_by_one(self, part: Acks, first_error: BaseException) -> None:
+        singles = list(part.singles())
+        if len(singles) == 1:
+            (message,) = part.messages()
+            log_event(
+                log,
+                logging.ERROR,
+                "ack.failed",
+                id=message.id,
+                type=message.type,
+                attempt=message.attempts,
+                error=describe(first_error),
+            )
+            return
+        for single in singles:
+            await self._write_until_done(single)
+
+    async def _write(self, acks: Acks) -> None:
+        """Write one kind of outcome (``acks`` holds only one kind)."""
         m = self.metrics
         wid = self.worker_id
         if acks.published:
             result = await mark_published(self.db, acks.published, worker_id=wid)
             self._lost(result, acks.published, "published")
+            applied = [x for x in acks.published if x.id in result.applied]
             now = time.time()
             lag_by_type: dict[str, Any] = {}  # one labels() lookup per type, not per message
-            for message in acks.published:
-                if message.id in result.applied:
-                    histogram = lag_by_type.get(message.type)
-                    if histogram is None:
-                        histogram = lag_by_type[message.type] = m.lag_seconds.labels(message.type)
-                    histogram.observe(now - message.created_at.timestamp())
-            m.count(m.published, (x for x in acks.published if x.id in result.applied))
+            for message in applied:
+                histogram = lag_by_type.get(message.type)
+                if histogram is None:
+                    histogram = lag_by_type[message.type] = m.lag_seconds.labels(message.type)
+                histogram.observe(now - message.created_at.timestamp())
+            m.count(m.published, applied)
             if log.isEnabledFor(logging.DEBUG):
-                for message in acks.published:
-                    if message.id in result.applied:
-                        self._log(logging.DEBUG, "message.published", message, acks)
-            acks.published = []  # written: a retried flush must not repeat it
+                for message in applied:
+                    self._log(logging.DEBUG, "message.published", message, acks)
+        if acks.dead:
+            messages = [message for message, _ in acks.dead]
+            errors = {message.id: error for message, error in acks.dead}
+            result = await mark_dead(self.db, messages, worker_id=wid, error=errors)
+            for message in messages:
+                if message.id in result.applied:
+                    error = errors[message.id]
+                    self._log(logging.WARNING, "message.dead", message, acks, error=error)
+            self._lost(result, messages, "dead")
+            m.count(m.dead, (x for x in messages if x.id in result.applied))
+        if acks.released:
+            by_hold: dict[float | None, list[ClaimedMessage]] = {}
+            for message, hold in acks.released:
+                by_hold.setdefault(hold, []).append(message)
+            for hold, messages in by_hold.items():
+                result = await release(self.db, messages, worker_id=wid, delay=hold)
+                self._lost(result, messages, "release")
+                m.count(m.released, (x for x in messages if x.id in result.applied))
         if acks.retried:
             messages = [message for message, _ in acks.retried]
             outcome = await reschedule(
@@ -143,32 +234,13 @@ class Acknowledger:
             for message, r in acks.retried:
                 if message.id in outcome.lost:
                     continue
-                gone = message.id in outcome.dead
-                level, event = (
-                    (logging.WARNING, "message.dead") if gone else (logging.INFO, "message.retried")
-                )
-                self._log(level, event, message, acks, error=r.error)
+                if message.id in outcome.dead:
+                    self._log(logging.WARNING, "message.dead", message, acks, error=r.error)
+                else:
+                    self._log(logging.INFO, "message.retried", message, acks, error=r.error)
             self._lost(AckResult(outcome.retried | outcome.dead, outcome.lost), messages, "retry")
             m.count(m.retried, (x for x in messages if x.id in outcome.retried))
             m.count(m.dead, (x for x in messages if x.id in outcome.dead))
-            acks.retried = []
-        if acks.dead:
-            messages = [message for message, _ in acks.dead]
-            errors = {message.id: error for message, error in acks.dead}
-            result = await mark_dead(self.db, messages, worker_id=wid, error=errors)
-            for message in messages:
-                if message.id in result.applied:
-                    self._log(
-                        logging.WARNING, "message.dead", message, acks, error=errors[message.id]
-                    )
-            self._lost(result, messages, "dead")
-            m.count(m.dead, (x for x in messages if x.id in result.applied))
-            acks.dead = []
-        if acks.released:
-            result = await release(self.db, acks.released, worker_id=wid, delay=acks.release_hold)
-            self._lost(result, acks.released, "release")
-            m.count(m.released, (x for x in acks.released if x.id in result.applied))
-            acks.released = []
 
     @staticmethod
     def _log(level: int, event: str, message: ClaimedMessage, acks: Acks, **extra: str) -> None:

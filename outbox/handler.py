@@ -87,7 +87,10 @@ class Handler(Protocol):
     """Domain code behind a worker.
 
     ``name`` says what the handler talks to (shown when :meth:`check` fails at start-up).
-    :meth:`handle_batch` returns outcomes in the order of ``messages``.
+    :meth:`handle_batch` returns outcomes in the order of ``messages``. The worker bounds each
+    call by ``HANDLER_TIMEOUT_SECONDS``; a handler with an attribute ``enforces_timeouts =
+    True`` (like :class:`PerMessage`) times its own work out, and the worker's bound becomes a
+    backstop a few seconds later.
     """
 
     name: str
@@ -120,6 +123,8 @@ class PerMessage:
     ``GiveUpError`` map to their outcomes, ``TransportUnavailable`` from any message hands
     the whole batch back, and any other exception is a :class:`Retry` with its text.
     """
+
+    enforces_timeouts = True
 
     def __init__(self, handler: MessageHandler, *, timeout: float) -> None:
         self.inner = handler

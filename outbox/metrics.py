@@ -11,6 +11,7 @@ paused, not shutting down (503 with the reason otherwise).
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Callable, Iterable
 from typing import Final
 
@@ -28,6 +29,8 @@ from prometheus_client import (
 from outbox.messages import ClaimedMessage
 
 __all__ = ["WorkerMetrics", "serve_http"]
+
+log = logging.getLogger("outbox.metrics")
 
 _LATENCY_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900,
@@ -104,42 +107,57 @@ async def serve_http(
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` until cancelled.
 
     ``readiness()`` returns ``None`` when ready, else the reason it is not. Reports the bound
-    port through ``task_status`` (useful with port 0).
+    port through ``task_status`` (useful with port 0); failing to bind raises ``OSError``.
+    Afterwards nothing a client does (or running out of file descriptors) stops the server:
+    errors are logged and it keeps accepting.
     """
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
 
     async def answer(stream: SocketStream) -> None:
-        async with stream:
-            try:
-                with anyio.fail_after(5):
-                    request = await _read_head(stream)
-            except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                return
-            parts = request.split(" ")
-            path = parts[1].split("?", 1)[0] if len(parts) > 1 else ""
-            if parts[0] not in ("GET", "HEAD"):
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-            elif path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, metrics.exposition()
-            elif path == "/healthz":
-                status, ctype, body = "200 OK", "text/plain", b"ok\n"
-            elif path == "/readyz":
-                reason = readiness()
-                ok = reason is None
-                status = "200 OK" if ok else "503 Service Unavailable"
-                ctype, body = "text/plain", b"ready\n" if ok else f"{reason}\n".encode()
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
-            head = (
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            ).encode()
-            with anyio.move_on_after(5):
-                await stream.send(head + (b"" if parts[0] == "HEAD" else body))
+        try:
+            async with stream:
+                await _answer(stream, metrics, readiness)
+        except Exception as exc:  # a client's fault or a broken socket: never the worker's
+            log.debug("metrics request failed: %r", exc)
 
     async with listener:
         task_status.started(listener.extra(anyio.abc.SocketAttribute.local_port))
-        await listener.serve(answer)
+        while True:
+            try:
+                await listener.serve(answer)
+            except Exception as exc:  # accept() failed (e.g. out of file descriptors)
+                log.warning("metrics server: %r; accepting again shortly", exc)
+                await anyio.sleep(0.5)
+
+
+async def _answer(
+    stream: SocketStream, metrics: WorkerMetrics, readiness: Callable[[], str | None]
+) -> None:
+    try:
+        with anyio.fail_after(5):
+            request = await _read_head(stream)
+    except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+        return
+    parts = request.split(" ")
+    path = parts[1].split("?", 1)[0] if len(parts) > 1 else ""
+    if parts[0] not in ("GET", "HEAD"):
+        status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+    elif path == "/metrics":
+        status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, metrics.exposition()
+    elif path == "/healthz":
+        status, ctype, body = "200 OK", "text/plain", b"ok\n"
+    elif path == "/readyz":
+        reason = readiness()
+        status = "200 OK" if reason is None else "503 Service Unavailable"
+        ctype, body = "text/plain", b"ready\n" if reason is None else f"{reason}\n".encode()
+    else:
+        status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with anyio.move_on_after(5):
+        await stream.send(head + (b"" if parts[0] == "HEAD" else body))
 
 
 async def _read_head(stream: SocketStream) -> str:

@@ -35,14 +35,17 @@ async def create_pool(
     application_name: str = "outbox",
     statement_cache_size: int = 100,
     connect_timeout: float = 10.0,
+    command_timeout: float | None = 15.0,
 ) -> Any:
     """An asyncpg pool on ``database_url`` (any ``postgresql://`` form the library accepts).
 
     ``statement_cache_size=0`` disables named prepared statements, for PgBouncer in
-    transaction pooling mode. Connections are opened lazily, so this succeeds while the
-    server is down; the first query reports it. Released connections are not reset (no
-    ``RESET ALL``/``UNLISTEN *`` round trip): the library's statements leave no session
-    state behind, and neither may other users of this pool.
+    transaction pooling mode. A statement running longer than ``command_timeout`` seconds is
+    cancelled and raises ``TimeoutError`` (a hung server counts as unreachable). Connections
+    are opened lazily, so this succeeds while the server is down; the first query reports
+    it. Released connections are not reset (no ``RESET ALL``/``UNLISTEN *`` round trip): the
+    library's statements leave no session state behind, and neither may other users of this
+    pool.
     """
     return await asyncpg.create_pool(
         libpq_dsn(database_url),
@@ -52,7 +55,7 @@ async def create_pool(
         reset=_keep_session,
         statement_cache_size=statement_cache_size,
         timeout=connect_timeout,
-        command_timeout=None,
+        command_timeout=command_timeout,
         server_settings={"application_name": application_name[:63]},
     )
 

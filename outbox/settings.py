@@ -12,7 +12,7 @@ import os
 import socket
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.backoff import BackoffPolicy, ExponentialBackoff, FixedSchedule
@@ -61,8 +61,8 @@ class WorkerSettings(BaseSettings):
     """Messages in flight at once (claimed, not yet acknowledged); default 2 x BATCH_SIZE."""
     poll_interval_ms: int = Field(1000, ge=10, le=3_600_000)
     """Longest idle wait between claims when no notification arrives."""
-    lock_seconds: Seconds = 30.0
-    """Lease length; the heartbeat extends it while work runs."""
+    lock_seconds: float = Field(30.0, ge=1, le=_DAY)
+    """Lease length; the heartbeat extends it (every third of it) while work runs."""
     max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=1000)
     """Claims a message may take before it goes ``dead``."""
     handler_timeout_seconds: Seconds = 30.0
@@ -75,6 +75,8 @@ class WorkerSettings(BaseSettings):
     """Fixed retry delays instead, e.g. ``60,300,900`` (the last repeats)."""
     transport_retry_max_seconds: Seconds = 30.0
     """Longest pause between tries while the transport (Redis, the sidecar) is down."""
+    database_timeout_seconds: Seconds = 15.0
+    """Longest one statement may take; past it the database counts as unreachable."""
     reap_interval_seconds: Seconds = 5.0
     """How often expired leases are reaped."""
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=_DAY)
@@ -104,6 +106,22 @@ class WorkerSettings(BaseSettings):
             raise ValueError("prefixes may not contain NUL")
         return value
 
+    @model_validator(mode="after")
+    def _consistent(self) -> WorkerSettings:
+        for name, value in self:
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"{name.upper()} is not valid UTF-8 text") from None
+        for prefix in self.include or ():
+            if any(prefix.startswith(excluded) for excluded in self.exclude or ()):
+                raise ValueError(
+                    f"INCLUDE_TYPE_PREFIXES: {prefix!r} is inside EXCLUDE_TYPE_PREFIXES "
+                    f"({self.exclude_type_prefixes!r}), so this worker would take nothing"
+                )
+        return self
+
     @field_validator("backoff_schedule")
     @classmethod
     def _schedule(cls, value: str) -> str:
@@ -132,8 +150,8 @@ class WorkerSettings(BaseSettings):
         return self.listen_notify and not self.pgbouncer_transaction_mode
 
     def backoff(self) -> BackoffPolicy:
-        if self.backoff_schedule:
-            return FixedSchedule([float(p) for p in parse_prefixes(self.backoff_schedule)])
+        if schedule := parse_prefixes(self.backoff_schedule):
+            return FixedSchedule([float(p) for p in schedule])
         return ExponentialBackoff(
             base=self.backoff_base_seconds,
             cap=max(self.backoff_max_seconds, self.backoff_base_seconds),
@@ -154,11 +172,14 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            name = "_".join(str(part) for part in error["loc"]).upper() or cls.__name__
+            name = "_".join(str(part) for part in error["loc"]).upper()
             if error["type"] == "missing":
                 problems.append(f"{name}: required, not set")
                 continue
             message = error["msg"].removeprefix("Value error, ")
+            if not name:  # a check across several variables names them in its message
+                problems.append(message)
+                continue
             value = error.get("input")
             if isinstance(value, str) and name.endswith("_URL"):
                 value = redacted_url(value)

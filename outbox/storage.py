@@ -288,9 +288,12 @@ def _error_for(message: ClaimedMessage, error: str | Mapping[int, str]) -> str:
         text = error[message.id]
     else:
         raise InvalidArgumentError(f"error: no entry for message {message.id}")
+    if not isinstance(text, str):
+        raise InvalidArgumentError(f"error for message {message.id} must be text, got {text!r}")
     if len(text) > MAX_ERROR_LENGTH:
         text = text[: MAX_ERROR_LENGTH - 1] + "…"
-    return text.replace("\x00", "")
+    # NUL and lone surrogates (from undecodable bytes) cannot be stored as text.
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 def _retry_delay(

@@ -397,3 +397,29 @@ async def test_metrics_health_and_readiness(
     assert 'outbox_claimed_total{type="message.created"} 3.0' in body
     assert "outbox_delivery_lag_seconds_bucket" in body
     assert "outbox_rows_pending" in body
+
+
+def test_sigterm_during_start_up_exits_zero_and_health_answers_meanwhile(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        **base_env,
+        "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/app",
+        "STARTUP_TIMEOUT_SECONDS": "60",
+        "METRICS_PORT": str(port),
+        "METRICS_HOST": "127.0.0.1",
+    }
+    worker = WorkerProcess(CHAT, env, tmp_path / "starting.log")
+    try:
+        worker.wait_for_event("startup.waiting")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            assert response.status == 200
+        with pytest.raises(urllib.error.HTTPError) as unready:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert unready.value.code == 503
+        assert unready.value.read() == b"starting\n"
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=10) == 0, worker.log
+    finally:
+        worker.stop()

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -101,6 +102,11 @@ async def settle(engine: AsyncEngine, done: Callable[[dict[int, Any]], bool]) ->
             return state
         await anyio.sleep(0.03)
     raise AssertionError(f"never settled: {await rows(engine)}")
+
+
+def handled(state: dict[int, Any]) -> bool:
+    """Every row claimed at least once and acknowledged."""
+    return bool(state) and all(s != "in_progress" and n >= 1 for s, n, _ in state.values())
 
 
 def all_in(*statuses: str) -> Callable[[dict[int, Any]], bool]:
@@ -326,3 +332,126 @@ def test_worker_settings_defaults_follow_batch_size() -> None:
     assert load_settings(
         WorkerSettings, database_url="postgresql://u@h/db", exclude_type_prefixes=" a., b. ,"
     ).exclude == ("a.", "b.")
+
+
+# -- what a review found: bad outcomes, stray cancellations, hung databases ----------------
+
+
+async def test_bad_outcomes_never_block_the_other_messages(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    ids = await add(engine, 5)
+    verdicts: dict[int, Outcome] = {
+        ids[0]: Retry("nan delay", delay=float("nan")),
+        ids[1]: Retry("negative delay", delay=-5),
+        ids[2]: Retry("undecodable \udcff bytes", delay=3600),
+        ids[3]: GiveUp(123),  # type: ignore[arg-type]
+        ids[4]: DELIVERED,
+    }
+
+    async def decide(message: ClaimedMessage) -> Outcome:
+        return verdicts.get(message.id, DELIVERED)
+
+    worker = Worker(Recorder(decide), settings(database_url, backoff_schedule="3600"))
+    async with running(worker):
+        state = await settle(engine, handled)
+        more = await add(engine, 2)  # the worker still takes new work afterwards
+        state = await settle(engine, lambda s: all(s[i][0] == "published" for i in more))
+    assert state[ids[0]] == ("pending", 1, "nan delay")
+    assert state[ids[1]] == ("pending", 1, "negative delay")
+    assert state[ids[2]] == ("pending", 1, "undecodable ? bytes")
+    assert state[ids[3]] == ("dead", 1, "123")
+    assert state[ids[4]] == ("published", 1, None)
+
+
+async def test_a_stray_cancelled_error_from_a_handler_is_a_failed_attempt(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    import asyncio
+
+    first, second = await add(engine, 2)
+
+    async def decide(message: ClaimedMessage) -> Outcome:
+        if message.id == first:
+            raise asyncio.CancelledError  # e.g. awaiting a task someone else cancelled
+        return DELIVERED
+
+    worker = Worker(Recorder(decide), settings(database_url, batch_size=1, backoff_schedule="3600"))
+    async with running(worker):
+        state = await settle(engine, lambda s: s[second][0] == "published" and s[first][1] == 1)
+        assert worker.readiness() is None  # still running
+    assert state[first] == ("pending", 1, "CancelledError")
+
+
+async def test_one_hung_message_fails_alone_under_per_message_timeouts(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    ids = await add(engine, 4)
+
+    async def decide(message: ClaimedMessage) -> Outcome:
+        if message.id == ids[1]:
+            await anyio.sleep(60)
+        return DELIVERED
+
+    config = settings(database_url, handler_timeout_seconds=0.3, backoff_schedule="3600")
+    worker = Worker(PerMessage(_Adapter(decide), timeout=0.3), config)
+    async with running(worker):
+        state = await settle(engine, handled)
+    assert state[ids[1]] == ("pending", 1, "timed out after 0.3s")
+    assert [state[i][0] for i in (ids[0], ids[2], ids[3])] == ["published"] * 3
+
+
+async def test_a_hung_database_marks_the_worker_unready_and_does_not_stall_its_stop(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    worker = Worker(Recorder(deliver), settings(database_url, database_timeout_seconds=1))
+    finished = anyio.Event()
+
+    async def run_worker(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        await worker.run(task_status=task_status)
+        finished.set()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(run_worker)
+        async with engine.connect() as locker:  # every statement on outbox now hangs
+            await locker.execute(text("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE"))
+            with anyio.fail_after(10):
+                while worker.readiness() is None:
+                    await anyio.sleep(0.05)
+            assert "database unavailable: TimeoutError" in (worker.readiness() or "")
+            worker.stop()
+            with anyio.fail_after(8):  # while the lock is still held
+                await finished.wait()
+
+
+async def test_stop_during_start_up_returns_cleanly(database_url: str) -> None:
+    unreachable = "postgresql://nobody@127.0.0.1:9/none"
+    worker = Worker(Recorder(deliver), settings(unreachable, startup_timeout_seconds=60))
+    begun = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await anyio.sleep(0.5)
+        worker.stop()
+    assert time.monotonic() - begun < 5
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"lock_seconds": 0.5}, "LOCK_SECONDS"),
+        ({"include_type_prefixes": "document.x", "exclude_type_prefixes": "document."}, "take"),
+        ({"worker_id": "w\udcff"}, "WORKER_ID"),
+        ({"database_timeout_seconds": 0}, "DATABASE_TIMEOUT_SECONDS"),
+    ],
+)
+def test_settings_that_could_only_fail_later_fail_at_start(
+    values: dict[str, Any], named: str
+) -> None:
+    from outbox.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=named):
+        load_settings(WorkerSettings, database_url="postgresql://u@h/db", **values)
+    blank = load_settings(
+        WorkerSettings, database_url="postgresql://u@h/db", backoff_schedule=" , "
+    )
+    assert blank.backoff() is not None

@@ -13,8 +13,10 @@ import json
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
+import anyio
 import redis.asyncio as aioredis
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
+from redis.asyncio.connection import parse_url
 from redis.exceptions import RedisError
 
 from outbox.handler import DELIVERED, GiveUp, Outcome, TransportUnavailable
@@ -30,6 +32,10 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 def _redis_url(url: str) -> str:
     if not url.startswith(_REDIS_SCHEMES):
         raise ValueError("expected redis://, rediss:// or unix:// URL")
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"not a usable Redis URL: {exc}") from None
     return url
 
 
@@ -47,6 +53,16 @@ class ChatSettings(WorkerSettings):
     redis_timeout_seconds: float = Field(5.0, gt=0, le=300)
     """Socket connect/read timeout; past it Redis counts as down."""
     exclude_type_prefixes: str = "document."
+
+    @model_validator(mode="after")
+    def _redis_gives_up_first(self) -> ChatSettings:
+        # A hung Redis must count as an outage (attempts kept), not as a handler timeout.
+        if self.redis_timeout_seconds >= self.handler_timeout_seconds:
+            raise ValueError(
+                "REDIS_TIMEOUT_SECONDS must be below HANDLER_TIMEOUT_SECONDS "
+                f"({self.redis_timeout_seconds:g} >= {self.handler_timeout_seconds:g})"
+            )
+        return self
 
 
 def envelope(message: ClaimedMessage) -> str:
@@ -99,9 +115,10 @@ class ChatPublisher:
                 pipe.publish(channel, envelope(message))
         if len(pipe):
             try:
-                await pipe.execute()
-            except RedisError as exc:
-                raise TransportUnavailable(str(exc)) from exc
+                with anyio.fail_after(self.settings.redis_timeout_seconds):
+                    await pipe.execute()
+            except (RedisError, TimeoutError) as exc:
+                raise TransportUnavailable(str(exc) or type(exc).__name__) from exc
         return outcomes
 
     async def aclose(self) -> None:
