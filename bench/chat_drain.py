@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import redis.asyncio as aioredis
 from scratch import run_with_scratch_database
 
@@ -110,18 +111,17 @@ EXPECTED_EVENTS = {"worker.ready", "signal.received", "worker.stopping", "worker
 # -- the raw loop (run in its own process with --raw-loop) ---------------------------------
 
 
-def raw_envelope(row: Any) -> str:
-    """The body ``workers.chat.envelope`` publishes, from a claimed row."""
-    return json.dumps(
+def raw_envelope(row: Any) -> bytes:
+    """The body ``workers.chat.envelope`` publishes, from a claimed row, by the same encoder
+    (orjson), so that the comparison is between the runtimes, not JSON libraries."""
+    return orjson.dumps(
         {
             "id": row["id"],
             "type": row["type"],
             "key": row["key"],
             "payload": row["payload"],
             "created_at": row["created_at"].isoformat(),
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
+        }
     )
 
 

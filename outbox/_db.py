@@ -33,7 +33,8 @@ SyncDB = Connection | Session
 """A synchronous connection or session (the caller's transaction)."""
 
 
-Rows = list[tuple[Any, ...]]
+Rows = list[Any]
+"""Result rows: tuples, or asyncpg ``Record`` objects (which index and unpack alike)."""
 
 
 async def fetch_all(
@@ -49,8 +50,8 @@ async def fetch_all(
     if isinstance(db, AsyncConnection | AsyncSession):
         return await _fetch(db, statement, params)
     compiled = _compiled(statement)
-    records = await db.fetch(compiled.sql, *compiled.arguments(params or {}))
-    return [tuple(record) for record in records]
+    records: Rows = await db.fetch(compiled.sql, *compiled.arguments(params or {}))
+    return records  # asyncpg Records index and unpack like tuples
 
 
 async def _fetch(

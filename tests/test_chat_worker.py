@@ -333,6 +333,8 @@ async def test_postgres_restart_under_the_worker_is_survived(
         ({"MAX_ATTEMPTS": "0"}, "MAX_ATTEMPTS"),
         ({"DATABASE_URL": "mysql://u:pw@h/db"}, "DATABASE_URL"),
         ({"REDIS_URL": "http://:hunter2@h"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://:hunter2@h:port/0"}, "REDIS_URL"),
+        ({"REDIS_TIMEOUT_SECONDS": "40"}, "REDIS_TIMEOUT_SECONDS"),
         ({"REDIS_URL": ""}, "REDIS_URL"),
     ],
 )

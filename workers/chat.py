@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import anyio
+import orjson
 import redis.asyncio as aioredis
 from pydantic import AfterValidator, Field, model_validator
 from redis.asyncio.connection import parse_url
@@ -65,19 +66,22 @@ class ChatSettings(WorkerSettings):
         return self
 
 
-def envelope(message: ClaimedMessage) -> str:
-    """The published body: ``{"id", "type", "key", "payload", "created_at"}`` as JSON."""
-    return json.dumps(
-        {
-            "id": message.id,
-            "type": message.type,
-            "key": message.key,
-            "payload": message.payload,
-            "created_at": message.created_at.isoformat(),
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+def envelope(message: ClaimedMessage) -> bytes:
+    """The published body: ``{"id", "type", "key", "payload", "created_at"}`` as UTF-8 JSON.
+
+    ``created_at`` is ISO 8601 with its offset (``2026-11-22T04:05:13.364759+00:00``).
+    """
+    body = {
+        "id": message.id,
+        "type": message.type,
+        "key": message.key,
+        "payload": message.payload,
+        "created_at": message.created_at.isoformat(),
+    }
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # an integer beyond 64 bits: the standard encoder keeps it exact
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class ChatPublisher:
@@ -85,9 +89,10 @@ class ChatPublisher:
 
     def __init__(self, settings: ChatSettings) -> None:
         self.settings = settings
+        # No per-read socket timeout: redis-py would arm a timer for every reply of a
+        # pipeline. One deadline per round trip (fail_after below) bounds the same wait.
         self.redis = aioredis.Redis.from_url(
             settings.redis_url,
-            socket_timeout=settings.redis_timeout_seconds,
             socket_connect_timeout=settings.redis_timeout_seconds,
             health_check_interval=30,
         )
@@ -96,7 +101,8 @@ class ChatPublisher:
         self.name = f"Redis at {settings.redis_url.split('://')[0]}://{host}:{port}"
 
     async def check(self) -> None:
-        await self.redis.ping()
+        with anyio.fail_after(self.settings.redis_timeout_seconds):
+            await self.redis.ping()
 
     def channel(self, message: ClaimedMessage) -> str | None:
         """Where ``message`` goes; ``None`` when room mode has no key to route by."""
