@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import time
@@ -425,3 +426,29 @@ def test_sigterm_during_start_up_exits_zero_and_health_answers_meanwhile(
         assert worker.wait(timeout=10) == 0, worker.log
     finally:
         worker.stop()
+
+
+def test_the_envelope_keeps_every_value_exact() -> None:
+    from datetime import UTC, datetime
+
+    from outbox import ClaimedMessage
+    from workers.chat import envelope
+
+    created = datetime(2026, 11, 22, 4, 5, 13, 364759, tzinfo=UTC)
+    big = 2**80 + 1  # beyond 64 bits: must not turn into a float
+
+    def body(payload: object) -> dict[str, object]:
+        message = ClaimedMessage(
+            7, "message.created", "r1", payload, 1, created, created, "w", created, None,
+            uuid.uuid4(),
+        )  # fmt: skip
+        return json.loads(envelope(message))
+
+    assert body({"text": "ü", "n": 1}) == {
+        "id": 7,
+        "type": "message.created",
+        "key": "r1",
+        "payload": {"text": "ü", "n": 1},
+        "created_at": "2026-11-22T04:05:13.364759+00:00",
+    }
+    assert body({"big": big})["payload"] == {"big": big}
