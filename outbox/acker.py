@@ -29,7 +29,7 @@ from outbox.messages import AckResult, ClaimedMessage
 from outbox.metrics import WorkerMetrics
 from outbox.storage import mark_dead, mark_published, release, reschedule
 
-__all__ = ["Acknowledger", "Acks", "is_rejected_input"]
+__all__ = ["Acknowledger", "Acks", "is_rejected_input", "report_lost"]
 
 log = logging.getLogger("outbox.worker")
 
@@ -256,17 +256,24 @@ class Acknowledger:
         )
 
     def _lost(self, result: AckResult, messages: Sequence[ClaimedMessage], action: str) -> None:
-        if not result.lost:
-            return
-        lost = [m for m in messages if m.id in result.lost]
-        self.metrics.count(self.metrics.lease_lost, lost)
-        for message in lost:
-            log_event(
-                log,
-                logging.WARNING,
-                "lease.lost",
-                id=message.id,
-                type=message.type,
-                attempt=message.attempts,
-                action=action,
-            )
+        report_lost(self.metrics, result, messages, action)
+
+
+def report_lost(
+    metrics: WorkerMetrics, result: AckResult, messages: Sequence[ClaimedMessage], action: str
+) -> None:
+    """Count and log (``lease.lost``) the messages whose lease ``action`` found taken."""
+    if not result.lost:
+        return
+    lost = [m for m in messages if m.id in result.lost]
+    metrics.count(metrics.lease_lost, lost)
+    for message in lost:
+        log_event(
+            log,
+            logging.WARNING,
+            "lease.lost",
+            id=message.id,
+            type=message.type,
+            attempt=message.attempts,
+            action=action,
+        )

@@ -38,7 +38,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from outbox.acker import Acknowledger, Acks
+from outbox.acker import Acknowledger, Acks, report_lost
 from outbox.constants import MAX_DELAY_SECONDS
 from outbox.dburl import redacted_url
 from outbox.handler import Delivered, GiveUp, Handler, Outcome, Retry, TransportUnavailable
@@ -425,18 +425,7 @@ class Worker:
                 continue
             for batch in self._in_flight:
                 batch.lost.update(m.id for m in batch.messages if m.id in result.lost)
-            lost = [m for m in due if m.id in result.lost]
-            self.metrics.count(self.metrics.lease_lost, lost)
-            for message in lost:
-                log_event(
-                    log,
-                    logging.WARNING,
-                    "lease.lost",
-                    id=message.id,
-                    type=message.type,
-                    attempt=message.attempts,
-                    action="heartbeat",
-                )
+            report_lost(self.metrics, result, due, "heartbeat")
 
     async def _reaper(self) -> None:
         s = self.settings
