@@ -232,3 +232,21 @@ async def test_acknowledgements_probe_only_their_own_rows(
     # At most: every leased row's index entry once (2,500) plus the 500 rows updated, not
     # leased rows x batch.
     assert work(executed) <= 2 * (2_500 + 500), (work(executed), read)
+
+
+async def test_a_claim_reads_about_its_batch_from_its_own_large_backlog(
+    big_engine: AsyncEngine,
+) -> None:
+    """200,000 pending rows of the claimer's own type: it reads its pool, not the backlog."""
+    async with big_engine.begin() as conn:
+        await fill(conn, pending_chat=200_000)
+    for claimer in ({}, {"exclude_type_prefix": "document."}, {"include_type_prefix": "message."}):
+        for generic in (False, True):
+            async with big_engine.connect() as conn:
+                executed = await plan(conn, claim(**claimer), generic)
+                await conn.rollback()
+            read = scans(executed)
+            assert ("Seq Scan", None) not in read, (claimer, generic, read)
+            # Every plan node's output (x loops) for a 100-row claim from a 200-row pool: a
+            # few thousand rows, where reading the backlog would be 200,000.
+            assert work(executed) <= 3_000, (claimer, generic, work(executed), read)
