@@ -39,6 +39,7 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
+    null,
     select,
     true,
     union_all,
@@ -272,6 +273,9 @@ def _pending_types(index: int, low: str | None, high: str | None) -> CTE:
 # -- acknowledgements ----------------------------------------------------------------------
 
 
+LEASE_ENDED: dict[str, Any] = {"locked_by": null(), "locked_until": null(), "lease_token": null()}
+"""The values that end a lease (SQL NULLs, not bound parameters)."""
+
 _LEASE_IDS = bindparam("lease_ids", type_=ARRAY(BigInteger))
 _LEASE_TOKENS = bindparam("lease_tokens", type_=ARRAY(UUID(as_uuid=True)))
 
@@ -300,10 +304,8 @@ MARK_PUBLISHED: Update = (
     .values(
         status=PUBLISHED,
         published_at=CLOCK,
-        locked_by=None,
-        locked_until=None,
-        lease_token=None,
-        error=None,
+        **LEASE_ENDED,
+        error=null(),
     )
     .returning(t.c.id)
 )
@@ -315,9 +317,7 @@ MARK_DEAD: Update = (
     .values(
         status=DEAD,
         error=_per_lease("error", Text),
-        locked_by=None,
-        locked_until=None,
-        lease_token=None,
+        **LEASE_ENDED,
     )
     .returning(t.c.id)
 )
@@ -332,9 +332,7 @@ RESCHEDULE: Update = (
         ),
         next_attempt_at=CLOCK + _per_lease("delay", Float) * SECOND,
         error=_per_lease("error", Text),
-        locked_by=None,
-        locked_until=None,
-        lease_token=None,
+        **LEASE_ENDED,
     )
     .returning(t.c.id, t.c.status)
 )
@@ -363,9 +361,7 @@ RELEASE: Update = (
         next_attempt_at=func.coalesce(
             CLOCK + bindparam("hold", type_=Interval()), t.c.next_attempt_at
         ),
-        locked_by=None,
-        locked_until=None,
-        lease_token=None,
+        **LEASE_ENDED,
     )
     .returning(t.c.id)
 )
@@ -394,9 +390,7 @@ REAP: Update = (
         + func.coalesce(t.c.locked_by, literal("?"))
         + literal(") after attempt ")
         + cast(t.c.attempts, Text),
-        locked_by=None,
-        locked_until=None,
-        lease_token=None,
+        **LEASE_ENDED,
     )
     .returning(t.c.id, t.c.status)
 )

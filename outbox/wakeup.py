@@ -32,7 +32,6 @@ class Wakeup:
         self.listen = listen
         self.application_name = application_name
         self._event = anyio.Event()
-        self.listening = False
 
     def wake(self) -> None:
         """Make the next (or current) :meth:`wait` return at once."""
@@ -55,7 +54,6 @@ class Wakeup:
                 delay = 0.1
             except Exception as exc:  # any failure: log, back off, reconnect
                 log_event(log, logging.WARNING, "listen.unavailable", error=str(exc) or repr(exc))
-            self.listening = False
             self.wake()  # notifications may have been missed while down
             await anyio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -66,7 +64,6 @@ class Wakeup:
         try:
             conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-            self.listening = True
             log_event(log, logging.DEBUG, "listen.started", channel=NOTIFY_CHANNEL)
             self.wake()  # rows inserted before LISTEN took effect
             while not lost.is_set():

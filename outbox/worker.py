@@ -37,6 +37,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import asyncpg
 
 from outbox.acker import Acknowledger, Acks, report_lost
 from outbox.constants import MAX_DELAY_SECONDS
@@ -244,7 +245,7 @@ class Worker:
         try:
             await self.db.fetch("SELECT 1 FROM outbox LIMIT 0")
         except Exception as exc:
-            if type(exc).__name__ == "UndefinedTableError":
+            if isinstance(exc, asyncpg.UndefinedTableError):
                 raise RuntimeError(
                     "table outbox does not exist: run the migrations (alembic upgrade head)"
                 ) from exc
@@ -347,7 +348,9 @@ class Worker:
         except Exception as exc:
             acks = self._failed(messages, exc)
         elapsed = time.monotonic() - started
-        acks.duration_ms = dict.fromkeys((m.id for m in messages), round(elapsed * 1000, 2))
+        # Durations appear in per-message log lines: published ones only at DEBUG.
+        logged = acks.messages() if log.isEnabledFor(logging.DEBUG) else _not_published(acks)
+        acks.duration_ms = dict.fromkeys((m.id for m in logged), round(elapsed * 1000, 2))
         for message_type in {m.type for m in messages}:
             self.metrics.handle_seconds.labels(message_type).observe(elapsed)
         batch.decided = True
@@ -513,6 +516,10 @@ class Worker:
         self._transport_failures = 0
         self._transport_error = None
         self._transport_paused_until = 0.0
+
+
+def _not_published(acks: Acks) -> list[ClaimedMessage]:
+    return [*(m for m, _ in acks.dead), *(m for m, _ in acks.retried)]
 
 
 def _delay(delay: float | None) -> float | None:

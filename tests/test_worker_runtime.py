@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -367,8 +368,6 @@ async def test_bad_outcomes_never_block_the_other_messages(
 async def test_a_stray_cancelled_error_from_a_handler_is_a_failed_attempt(
     engine: AsyncEngine, database_url: str
 ) -> None:
-    import asyncio
-
     first, second = await add(engine, 2)
 
     async def decide(message: ClaimedMessage) -> Outcome:
