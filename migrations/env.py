@@ -4,26 +4,41 @@ The database comes from ``sqlalchemy.url`` when the caller set it (``outbox.migr
 from ``DATABASE_URL``; a plain ``postgresql://`` URL is run through asyncpg. A caller may
 also pass an open connection as ``config.attributes["connection"]``. Versions are kept in
 ``outbox_alembic_version`` so a host application's own ``alembic_version`` is untouched, and
-autogenerate only looks at the outbox's own tables.
+autogenerate only looks at the outbox's own tables (plus the reference documents tables
+when the ``documents`` folder is among the version locations).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 from alembic import context
+from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from outbox.dburl import async_database_url
 from outbox.errors import ConfigurationError
-from outbox.migrate import VERSION_TABLE
+from outbox.migrate import DOCUMENTS_FOLDER, VERSION_TABLE
 from outbox.schema import metadata
 
 config = context.config
+
+
+def _target_metadata() -> list[MetaData]:
+    locations = config.get_version_locations_list() or []
+    if any(Path(location).name == DOCUMENTS_FOLDER for location in locations):
+        from workers.document_schema import documents_metadata
+
+        return [metadata, documents_metadata]
+    return [metadata]
+
+
+TARGET_METADATA = _target_metadata()
 
 
 def _database_url() -> str:
@@ -36,12 +51,12 @@ def _database_url() -> str:
 
 
 def _include_name(name: str | None, type_: str, parent_names: Any) -> bool:
-    return type_ != "table" or name in metadata.tables
+    return type_ != "table" or any(name in m.tables for m in TARGET_METADATA)
 
 
 def _configure(**kwargs: Any) -> None:
     context.configure(
-        target_metadata=metadata,
+        target_metadata=TARGET_METADATA,
         version_table=VERSION_TABLE,
         include_name=_include_name,
         compare_type=True,

@@ -4,10 +4,15 @@ The migration scripts live in the repository's ``migrations/`` folder; ``outbox/
 links to it, so they ship inside the wheel and a host application can name them as the
 package resource ``outbox:_migrations/versions``. Run standalone, they keep their own
 version table, ``outbox_alembic_version``, so they never touch a host's ``alembic_version``.
+
+The reference documents schema of the document worker (``documents``,
+``document_chunks``) is a separate branch in its own folder, ``_migrations/documents``: it
+runs only when asked for (``documents=True``), never as part of the outbox's own history.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
@@ -16,9 +21,18 @@ from sqlalchemy.engine import URL
 
 from outbox.dburl import async_database_url
 
-__all__ = ["VERSION_TABLE", "alembic_config", "downgrade", "migrations_dir", "upgrade"]
+__all__ = [
+    "DOCUMENTS_FOLDER",
+    "VERSION_TABLE",
+    "alembic_config",
+    "downgrade",
+    "migrations_dir",
+    "upgrade",
+]
 
 VERSION_TABLE = "outbox_alembic_version"
+DOCUMENTS_FOLDER = "documents"
+"""The folder (under :func:`migrations_dir`) of the reference documents branch."""
 
 
 def migrations_dir() -> Path:
@@ -26,20 +40,29 @@ def migrations_dir() -> Path:
     return Path(__file__).resolve().parent / "_migrations"
 
 
-def alembic_config(database_url: str | URL) -> Config:
-    """An Alembic ``Config`` for the outbox migrations against ``database_url``."""
+def alembic_config(database_url: str | URL, *, documents: bool = False) -> Config:
+    """An Alembic ``Config`` for the outbox migrations (and, with ``documents``, the
+    reference documents branch) against ``database_url``."""
     config = Config()
-    config.set_main_option("script_location", str(migrations_dir()))
+    root = migrations_dir()
+    config.set_main_option("script_location", str(root))
+    folders = [root / "versions"] + ([root / DOCUMENTS_FOLDER] if documents else [])
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", os.pathsep.join(str(f) for f in folders))
     url = async_database_url(database_url).render_as_string(hide_password=False)
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 
-def upgrade(database_url: str | URL, revision: str = "head") -> None:
-    """Migrate the database to ``revision`` (blocking; call it before starting workers)."""
-    command.upgrade(alembic_config(database_url), revision)
+def upgrade(database_url: str | URL, revision: str = "heads", *, documents: bool = False) -> None:
+    """Migrate the database to ``revision`` (blocking; call it before starting workers).
+
+    ``documents=True`` also creates the reference ``documents``/``document_chunks`` tables.
+    """
+    command.upgrade(alembic_config(database_url, documents=documents), revision)
 
 
-def downgrade(database_url: str | URL, revision: str = "base") -> None:
-    """Migrate the database down to ``revision`` (``base`` drops the outbox table)."""
-    command.downgrade(alembic_config(database_url), revision)
+def downgrade(database_url: str | URL, revision: str = "base", *, documents: bool = False) -> None:
+    """Migrate down to ``revision`` (``base`` drops the outbox table, and with
+    ``documents`` the reference documents tables)."""
+    command.downgrade(alembic_config(database_url, documents=documents), revision)

@@ -45,12 +45,19 @@ def run_worker_process(
     configure_logging(settings.log_level, settings.log_format)
     try:
         anyio.run(_serve, handler, settings)
-    except* StartupError as group:  # raised inside the task group, so it arrives grouped
-        reason = str(group.exceptions[0])
+    except* StartupError as group:  # raised inside task groups, so it arrives grouped
+        reason = str(_first_leaf(group))
         log_event(log, logging.ERROR, "startup.failed", error=reason)
         print(f"{program}: start-up failed: {reason}", file=sys.stderr)
         sys.exit(EXIT_UNREACHABLE)
     sys.exit(0)
+
+
+def _first_leaf(group: BaseExceptionGroup[StartupError]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _serve(handler: Handler, settings: WorkerSettings) -> None:

@@ -12,7 +12,15 @@ import os
 import socket
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.backoff import BackoffPolicy, ExponentialBackoff, FixedSchedule
@@ -172,7 +180,7 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            name = "_".join(str(part) for part in error["loc"]).upper()
+            name, secret = _variable(cls, error["loc"])
             if error["type"] == "missing":
                 problems.append(f"{name}: required, not set")
                 continue
@@ -183,6 +191,22 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
             value = error.get("input")
             if isinstance(value, str) and name.endswith("_URL"):
                 value = redacted_url(value)
-            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            shown = "" if isinstance(value, dict) or secret else f" (got {value!r})"
             problems.append(f"{name}: {message}{shown}")
         raise ConfigurationError("bad settings: " + "; ".join(problems)) from None
+
+
+def _variable(cls: type[BaseSettings], loc: tuple[int | str, ...]) -> tuple[str, bool]:
+    """The variable(s) an error is about (``A (or B)`` for alias choices) and whether its
+    value is a secret that must not be echoed."""
+    name = "_".join(str(part) for part in loc)
+    for field_name, field in cls.model_fields.items():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else []
+        names = [field_name, *(c for c in choices if isinstance(c, str))]
+        if name in names:
+            shown = " (or ".join(n.upper() for n in dict.fromkeys(names)) + ")" * (
+                len(dict.fromkeys(names)) - 1
+            )
+            return shown, field.annotation is SecretStr
+    return name.upper(), False

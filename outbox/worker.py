@@ -247,7 +247,7 @@ class Worker:
         except Exception as exc:
             if isinstance(exc, asyncpg.UndefinedTableError):
                 raise RuntimeError(
-                    "table outbox does not exist: run the migrations (alembic upgrade head)"
+                    "table outbox does not exist: run the migrations (alembic upgrade heads)"
                 ) from exc
             raise
 

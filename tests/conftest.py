@@ -1,7 +1,8 @@
 """Test rig: real PostgreSQL and Redis, a fresh migrated database per test module.
 
 Servers come from ``DATABASE_URL`` / ``REDIS_URL`` when they answer, else throwaway local
-ones (``outbox.devservers``). A template database is migrated once with Alembic; each test
+ones (``outbox.devservers``). A template database is migrated once with Alembic (the outbox
+and the reference documents tables); each test
 module gets its own copy, and each test starts from an empty outbox table.
 """
 
@@ -69,7 +70,7 @@ def drop_database(server_url: str, name: str) -> None:
 def template_database(services: LocalServices) -> Iterator[str]:
     name = create_database(services.database_url, "outbox_tpl")
     try:
-        upgrade(database_url_for(services.database_url, name))
+        upgrade(database_url_for(services.database_url, name), documents=True)
         yield name
     finally:
         drop_database(services.database_url, name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
 import urllib.request
 import uuid
@@ -26,7 +25,13 @@ from outbox.devservers import (
 )
 from outbox.migrate import upgrade
 from outbox.runner import EXIT_BAD_SETTINGS, EXIT_UNREACHABLE
-from tests.workerproc import WorkerProcess, run_to_exit, subscribed
+from tests.workerproc import (
+    WorkerProcess,
+    free_port,
+    run_to_exit,
+    subscribed,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -79,15 +84,6 @@ async def table(engine: AsyncEngine) -> dict[int, tuple[str, int, str | None]]:
         return {row.id: (row.status, row.attempts, row.error) for row in result}
 
 
-async def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await condition():  # type: ignore[misc]
-            return
-        await anyio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def wait_all_published(engine: AsyncEngine, timeout: float = 10) -> None:
     """Delivery comes before the ack: wait for the ack too."""
 
@@ -95,12 +91,6 @@ async def wait_all_published(engine: AsyncEngine, timeout: float = 10) -> None:
         return {status for status, _, _ in (await table(engine)).values()} == {"published"}
 
     await wait_until(published, timeout, "every row to be published")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- delivery ---------------------------------------------------------------------------------

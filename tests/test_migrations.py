@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, MetaData
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from outbox import async_database_url, metadata
@@ -21,6 +21,7 @@ from outbox.dburl import libpq_dsn
 from outbox.devservers import LocalServices
 from outbox.migrate import VERSION_TABLE, downgrade, upgrade
 from tests.conftest import create_database, database_url_for, drop_database
+from workers.document_schema import documents_metadata
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -103,15 +104,20 @@ def test_what_autogenerate_cannot_see_matches_the_metadata(empty_database: str) 
     }
 
 
-def test_autogenerate_finds_no_difference(empty_database: str) -> None:
-    upgrade(empty_database)
+@pytest.mark.parametrize("documents", [False, True], ids=["outbox", "with-documents"])
+def test_autogenerate_finds_no_difference(empty_database: str, documents: bool) -> None:
+    upgrade(empty_database, documents=documents)
+    target = MetaData()
+    for source in [metadata, documents_metadata] if documents else [metadata]:
+        for table in source.tables.values():
+            table.to_metadata(target)
 
     def diff(connection: Connection) -> list[object]:
         context = MigrationContext.configure(
             connection,
             opts={"compare_type": True, "compare_server_default": True},
         )
-        return list(compare_metadata(context, metadata))
+        return list(compare_metadata(context, target))
 
     async def compare() -> list[object]:
         engine = create_async_engine(async_database_url(empty_database))
@@ -131,21 +137,35 @@ def test_standalone_alembic_cli_uses_plain_database_url(empty_database: str) -> 
     assert plain.startswith("postgresql://")
     env = {**os.environ, "DATABASE_URL": plain}
     alembic = [sys.executable, "-m", "alembic"]
-    done = subprocess.run(
-        [*alembic, "upgrade", "head"], cwd=REPO, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([*alembic, *args], cwd=REPO, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    run("upgrade", "outbox@head")
     assert tables(empty_database) == {"outbox", VERSION_TABLE}
-    current = subprocess.run(
-        [*alembic, "current"], cwd=REPO, env=env, capture_output=True, text=True
-    )
-    assert "outbox_0002 (head)" in current.stdout
+    run("upgrade", "heads")
+    assert tables(empty_database) == {"outbox", "documents", "document_chunks", VERSION_TABLE}
+    current = run("current").stdout
+    assert "outbox_0002 (head)" in current and "documents_0001 (head)" in current
+    run("downgrade", "documents@base")
+    assert tables(empty_database) == {"outbox", VERSION_TABLE}
+
+
+def test_the_documents_branch_runs_only_when_asked_for(empty_database: str) -> None:
+    upgrade(empty_database)
+    assert tables(empty_database) == {"outbox", VERSION_TABLE}
+    upgrade(empty_database, documents=True)
+    assert tables(empty_database) == {"outbox", "documents", "document_chunks", VERSION_TABLE}
+    downgrade(empty_database, documents=True)
+    assert tables(empty_database) == {VERSION_TABLE}
 
 
 def test_standalone_alembic_cli_without_database_url_names_the_variable() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     done = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        [sys.executable, "-m", "alembic", "upgrade", "heads"],
         cwd=REPO,
         env=env,
         capture_output=True,

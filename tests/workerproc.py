@@ -1,14 +1,17 @@
-"""Helpers for tests that run a worker as a real subprocess and listen on real Redis."""
+"""Helpers for tests that run workers and the sidecar as real subprocesses."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Collection, Mapping
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +23,26 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_until(condition: Callable[[], Awaitable[object]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await condition():
+            return
+        await anyio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 class WorkerProcess:
-    """``python -m <module>`` with exactly ``env`` (plus PATH), its JSON log in a file."""
+    """``python -m <module>`` with exactly ``env`` (plus PATH), its JSON log in a file.
+
+    Also runs the sidecar (``python -m sidecar``): see :meth:`wait_http`.
+    """
 
     def __init__(self, module: str, env: Mapping[str, str], log_path: Path) -> None:
         self.log_path = log_path
@@ -60,6 +81,21 @@ class WorkerProcess:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         self.wait_for_event("worker.ready", timeout)
+
+    def wait_http(self, url: str, timeout: float = 30.0) -> None:
+        """Until ``GET url`` answers 200 (a server process is up)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"exited ({self.process.returncode}):\n{self.log}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{url} did not answer 200 within {timeout}s:\n{self.log}")
 
     @property
     def log(self) -> str:

@@ -1,0 +1,56 @@
+"""Sidecar settings from the environment; a bad value stops start-up naming the variable."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from outbox.dburl import libpq_dsn
+
+__all__ = ["SidecarSettings"]
+
+
+def _postgres_url(url: str) -> str:
+    libpq_dsn(url)  # raises a ValueError naming what is wrong
+    return url
+
+
+def _long_enough(token: SecretStr) -> SecretStr:
+    if len(token.get_secret_value()) < 8:
+        raise ValueError("must be at least 8 characters")
+    return token
+
+
+class SidecarSettings(BaseSettings):
+    """Each field is the upper-case variable of the same name."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    database_url: Annotated[str, AfterValidator(_postgres_url)]
+    """The database holding ``documents`` and ``document_chunks``."""
+    sidecar_token: Annotated[SecretStr, AfterValidator(_long_enough)]
+    """Callers must send ``Authorization: Bearer <token>`` (the workers' ``SIDECAR_TOKEN``)."""
+    sidecar_host: str = "127.0.0.1"
+    """Address ``python -m sidecar`` listens on (``0.0.0.0`` in a container)."""
+    sidecar_port: int = Field(8000, ge=1, le=65535)
+    chunk_size: int = Field(1000, ge=50, le=100_000)
+    """Longest chunk, in characters."""
+    chunk_overlap: int = Field(200, ge=0)
+    """Characters a chunk repeats from the end of the previous one (below ``CHUNK_SIZE``)."""
+    max_document_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    """Larger documents are refused with 422."""
+    database_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    """Longest one statement may take; past it the answer is 503."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> SidecarSettings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                "CHUNK_OVERLAP must be below CHUNK_SIZE"
+                f" ({self.chunk_overlap} >= {self.chunk_size})"
+            )
+        return self

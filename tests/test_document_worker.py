@@ -1,0 +1,447 @@
+"""The document worker and the sidecar as real processes: PostgreSQL, uvicorn, Redis."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from outbox import NewMessage, enqueue, enqueue_many
+from outbox.devservers import LocalServices
+from outbox.runner import EXIT_BAD_SETTINGS, EXIT_UNREACHABLE
+from sidecar.chunking import split
+from sidecar.extract import extract_text
+from tests.workerproc import WorkerProcess, free_port, run_to_exit, subscribed, wait_until
+
+pytestmark = pytest.mark.anyio
+
+DOCUMENT = "workers.document"
+PREPROCESS = "document.preprocess.v1"
+TOKEN = "test-sidecar-token"
+USER = "user-1"
+
+Start = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+async def db(engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
+    """The module's database with the outbox and the documents tables empty."""
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("TRUNCATE documents CASCADE")
+    yield engine
+
+
+@pytest.fixture
+def start_sidecar(database_url: str, tmp_path: Path) -> Iterator[Start]:
+    """Start ``python -m sidecar`` (on ``port``, else a free one); stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(*, port: int | None = None, healthy: bool = True, **env: str) -> WorkerProcess:
+        port = port or free_port()
+        sidecar = WorkerProcess(
+            "sidecar",
+            {
+                "DATABASE_URL": database_url,
+                "SIDECAR_TOKEN": TOKEN,
+                "SIDECAR_PORT": str(port),
+                **env,
+            },
+            tmp_path / f"sidecar-{len(started)}.log",
+        )
+        sidecar.port = port  # type: ignore[attr-defined]
+        started.append(sidecar)
+        if healthy:
+            sidecar.wait_http(f"http://127.0.0.1:{port}/healthz")
+        else:
+            sidecar.wait_for_event(
+                f"Uvicorn running on http://127.0.0.1:{port} (Press CTRL+C to quit)"
+            )
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        sidecar.stop()
+
+
+@pytest.fixture
+def worker_env(database_url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "SIDECAR_TOKEN": TOKEN,
+        "LOCK_SECONDS": "5",
+        "REAP_INTERVAL_SECONDS": "0.5",
+        "POLL_INTERVAL_MS": "200",
+        "SHUTDOWN_GRACE_SECONDS": "5",
+        "SIDECAR_TIMEOUT_SECONDS": "10",
+        "HANDLER_TIMEOUT_SECONDS": "20",
+        "LOG_LEVEL": "DEBUG",
+    }
+
+
+@pytest.fixture
+def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Start]:
+    """Start a worker (``module``: the document worker by default) with the sidecar at
+    ``sidecar``; every one is stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(sidecar: WorkerProcess | None, module: str = DOCUMENT, **env: str) -> WorkerProcess:
+        name = f"{module.rsplit('.', 1)[-1]}-{len(started)}"
+        url = {} if sidecar is None else {"SIDECAR_BASE_URL": f"http://127.0.0.1:{sidecar.port}"}  # type: ignore[attr-defined]
+        worker = WorkerProcess(
+            module, {**worker_env, **url, "WORKER_ID": name, **env}, tmp_path / f"{name}.log"
+        )
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+async def insert_document(
+    conn: AsyncConnection, content: bytes, content_type: str = "text/plain", user: str = USER
+) -> uuid.UUID:
+    result = await conn.execute(
+        text(
+            "INSERT INTO documents (user_id, title, content_type, content)"
+            " VALUES (:user, 'a title', :type, :content) RETURNING id"
+        ),
+        {"user": user, "type": content_type, "content": content},
+    )
+    return result.scalar_one()  # type: ignore[no-any-return]
+
+
+async def add_document(
+    db: AsyncEngine, content: bytes, content_type: str = "text/plain", user: str = USER
+) -> tuple[uuid.UUID, int]:
+    """A document and its preprocess message, committed in one transaction."""
+    async with db.begin() as conn:
+        document_id = await insert_document(conn, content, content_type)
+        payload = {"documentId": str(document_id), "userId": user}
+        message_id = await enqueue(conn, PREPROCESS, payload, key=str(document_id))
+    return document_id, message_id
+
+
+async def document(db: AsyncEngine, document_id: uuid.UUID) -> tuple[str, str | None]:
+    """(processing_status, processing_error)."""
+    async with db.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT processing_status, processing_error FROM documents WHERE id = :id"),
+                {"id": document_id},
+            )
+        ).one()
+    return row[0], row[1]
+
+
+async def message(db: AsyncEngine, message_id: int) -> dict[str, Any]:
+    async with db.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT status, attempts, error, locked_until - now() AS lease_left"
+                    " FROM outbox WHERE id = :id"
+                ),
+                {"id": message_id},
+            )
+        ).one()
+    return dict(row._mapping)
+
+
+async def chunks(db: AsyncEngine, document_id: uuid.UUID) -> list[tuple[int, str]]:
+    async with db.connect() as conn:
+        result = await conn.execute(
+            text("SELECT ordinal, text FROM document_chunks WHERE document_id = :id ORDER BY 1"),
+            {"id": document_id},
+        )
+        return [(row[0], row[1]) for row in result]
+
+
+async def wait_for_document(
+    db: AsyncEngine, document_id: uuid.UUID, status: str, timeout: float = 15
+) -> None:
+    async def reached() -> bool:
+        return (await document(db, document_id))[0] == status
+
+    await wait_until(reached, timeout, f"document {document_id} to be {status}")
+
+
+async def wait_for_message(
+    db: AsyncEngine, message_id: int, status: str, timeout: float = 15
+) -> None:
+    async def reached() -> bool:
+        return (await message(db, message_id))["status"] == status
+
+    await wait_until(reached, timeout, f"message {message_id} to be {status}")
+
+
+def parsed(sidecar: WorkerProcess, document_id: uuid.UUID) -> list[dict[str, Any]]:
+    return [e for e in sidecar.events("document.parsed") if e["id"] == str(document_id)]
+
+
+MARKDOWN = "\n\n".join(
+    f"## Section {n}\n\nThis is **paragraph** {n} of the handbook. " + "Words follow here. " * 30
+    for n in range(6)
+).encode()
+
+
+# -- the flow -----------------------------------------------------------------------------------
+
+
+async def test_a_document_committed_with_its_message_ends_processed_with_chunks(
+    db: AsyncEngine, start_sidecar: Start, start_worker: Start
+) -> None:
+    sidecar = start_sidecar()
+    start_worker(sidecar)
+    document_id, message_id = await add_document(db, MARKDOWN, "text/markdown; charset=utf-8")
+    async with db.begin() as conn:  # rolled back: neither the document nor its message exist
+        rolled_back = await insert_document(conn, b"never", "text/plain")
+        await enqueue(conn, PREPROCESS, {"documentId": str(rolled_back), "userId": USER})
+        await conn.rollback()
+
+    await wait_for_message(db, message_id, "published")
+    assert await document(db, document_id) == ("processed", None)
+    expected = split(extract_text(MARKDOWN, "text/markdown"), size=1000, overlap=200)
+    stored = await chunks(db, document_id)
+    assert [ordinal for ordinal, _ in stored] == list(range(len(expected)))
+    assert [chunk for _, chunk in stored] == [c.text for c in expected]
+    assert len(expected) >= 4 and "**" not in stored[0][1] and "##" not in stored[0][1]
+    assert (await message(db, message_id))["attempts"] == 1
+    (event,) = parsed(sidecar, document_id)
+    assert event["idempotency_key"] == str(message_id)
+    async with db.connect() as conn:
+        count = await conn.scalar(text("SELECT count(*) FROM outbox"))
+    assert count == 1
+
+
+async def test_the_sidecar_down_for_a_while_then_up_the_document_still_ends_processed(
+    db: AsyncEngine, start_sidecar: Start, start_worker: Start
+) -> None:
+    sidecar = start_sidecar()
+    worker = start_worker(
+        sidecar,
+        MAX_ATTEMPTS="2",
+        BACKOFF_BASE_SECONDS="0.2",
+        BACKOFF_MAX_SECONDS="0.4",
+        TRANSPORT_RETRY_MAX_SECONDS="0.5",
+    )
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait(10) == 0
+    document_id, message_id = await add_document(db, b"plain words for the outage test")
+
+    # Attempt 1 fails and is retried; attempt 2 would be the last, so the outage hands the
+    # message back uncounted instead of killing it, again and again while the sidecar is down.
+    worker.wait_for_event("transport.unavailable", timeout=15)
+    await anyio.sleep(2)
+    state = await message(db, message_id)
+    assert state["status"] in ("pending", "in_progress") and state["attempts"] <= 2
+    assert "unreachable" in (state["error"] or "")
+    assert await document(db, document_id) == ("processing", None)
+
+    restarted = start_sidecar(port=sidecar.port)  # type: ignore[attr-defined]
+    await wait_for_message(db, message_id, "published", timeout=20)
+    assert await document(db, document_id) == ("processed", None)
+    assert (await message(db, message_id))["attempts"] == 2
+    assert len(parsed(restarted, document_id)) == 1
+    assert worker.events("message.dead") == []
+
+
+async def test_404_403_422_and_malformed_messages_are_final_at_once(
+    db: AsyncEngine, start_sidecar: Start, start_worker: Start
+) -> None:
+    sidecar = start_sidecar()
+    start_worker(sidecar)
+    missing = uuid.uuid4()
+    async with db.begin() as conn:
+        wrong_user = await insert_document(conn, b"hello", user="someone-else")
+        image = await insert_document(conn, b"\x89PNG\r\n", "image/png")
+        latin = await insert_document(conn, b"caf\xe9", "text/plain")  # not UTF-8
+        no_user = await insert_document(conn, b"hello")
+        ids = await enqueue_many(
+            conn,
+            [
+                NewMessage(PREPROCESS, {"documentId": str(missing), "userId": USER}),
+                NewMessage(PREPROCESS, {"documentId": str(wrong_user), "userId": USER}),
+                NewMessage(PREPROCESS, {"documentId": str(image), "userId": USER}),
+                NewMessage(PREPROCESS, {"documentId": str(latin), "userId": USER}),
+                NewMessage(PREPROCESS, {"documentId": str(no_user)}),
+                NewMessage(PREPROCESS, {"documentId": "not-a-uuid", "userId": USER}),
+                NewMessage("document.summarize.v1", {"documentId": str(no_user)}),
+            ],
+        )
+    for message_id in ids:
+        await wait_for_message(db, message_id, "dead")
+    rows = [await message(db, message_id) for message_id in ids]
+    assert [row["attempts"] for row in rows] == [1] * len(ids)
+    errors = [row["error"] for row in rows]
+    assert errors[0].startswith("sidecar answered 404 Not Found: document ")
+    assert errors[1].startswith("sidecar answered 403 Forbidden: ")
+    assert errors[2].startswith("sidecar answered 422 Unprocessable") and "image/png" in errors[2]
+    assert errors[3].startswith("sidecar answered 422 Unprocessable") and "utf-8" in errors[3]
+    assert errors[4].startswith(f"malformed {PREPROCESS} payload: userId: Field required")
+    assert errors[5].startswith(f"malformed {PREPROCESS} payload: documentId: ")
+    assert errors[6] == (
+        f"unknown document type 'document.summarize.v1': this worker handles {PREPROCESS}"
+    )
+    assert await document(db, wrong_user) == ("failed", errors[1])
+    assert await document(db, image) == ("failed", errors[2])
+    assert await document(db, latin) == ("failed", errors[3])
+    assert await document(db, no_user) == ("failed", errors[4])  # the unknown type left it
+    assert len(sidecar.events("parse.rejected")) == 4
+
+
+async def test_a_sidecar_slower_than_the_lease_keeps_it_and_parses_once(
+    db: AsyncEngine, start_sidecar: Start, start_worker: Start
+) -> None:
+    sidecar = start_sidecar()
+    worker = start_worker(sidecar, LOCK_SECONDS="1", REAP_INTERVAL_SECONDS="0.2")
+    async with db.connect() as blocker:
+        # The sidecar replaces chunks under this lock: its parse waits 3 leases for it.
+        await blocker.execute(text("LOCK TABLE document_chunks IN EXCLUSIVE MODE"))
+        document_id, message_id = await add_document(db, b"slow but steady")
+        await wait_for_document(db, document_id, "processing")
+        await anyio.sleep(3)
+        state = await message(db, message_id)
+        assert state["status"] == "in_progress"
+        assert state["lease_left"].total_seconds() > 0  # extended by the heartbeat
+        await blocker.rollback()
+    await wait_for_message(db, message_id, "published")
+    assert await document(db, document_id) == ("processed", None)
+    assert (await message(db, message_id))["attempts"] == 1
+    assert len(parsed(sidecar, document_id)) == 1
+    assert worker.events("lease.reaped") == [] and worker.events("lease.lost") == []
+
+
+async def test_5xx_is_retried_after_retry_after_then_the_document_fails(
+    db: AsyncEngine, start_sidecar: Start, start_worker: Start
+) -> None:
+    healthy = start_sidecar()
+    port = healthy.port  # type: ignore[attr-defined]
+    # Backoff alone would wait ten minutes; the sidecar's Retry-After (1 s) must win.
+    worker = start_worker(healthy, MAX_ATTEMPTS="2", BACKOFF_SCHEDULE="600")
+    healthy.stop()
+    # Same port, but its database is gone: every parse answers 503 with Retry-After: 1.
+    start_sidecar(
+        port=port, healthy=False, DATABASE_URL=f"postgresql://root@127.0.0.1:{free_port()}/x"
+    )
+    document_id, message_id = await add_document(db, b"text")
+
+    async def retried() -> bool:
+        return (await message(db, message_id))["attempts"] == 1 and (await message(db, message_id))[
+            "status"
+        ] == "pending"
+
+    await wait_until(retried, 15, "the first attempt to fail")
+    await wait_for_message(db, message_id, "dead", timeout=10)
+    state = await message(db, message_id)
+    reason = "gave up after 2 attempts: sidecar answered 503 Service Unavailable: "
+    assert state["attempts"] == 2 and state["error"].startswith(reason)
+    assert await document(db, document_id) == ("failed", state["error"])
+    (retry,) = worker.events("message.retried")
+    assert "503" in retry["error"]
+
+
+async def test_the_mvp_policy_fails_the_document_on_the_first_failure(
+    db: AsyncEngine, start_sidecar: Start, start_worker: Start
+) -> None:
+    sidecar = start_sidecar()
+    start_worker(sidecar, RETRY_TRANSIENT_FAILURES="false")
+    sidecar.stop()
+    document_id, message_id = await add_document(db, b"text")
+    await wait_for_message(db, message_id, "dead")
+    state = await message(db, message_id)
+    assert state["attempts"] == 1 and "sidecar unreachable" in state["error"]
+    assert await document(db, document_id) == ("failed", state["error"])
+
+
+async def test_chat_and_document_workers_share_the_table_and_never_take_each_others_rows(
+    db: AsyncEngine, services: LocalServices, start_sidecar: Start, start_worker: Start
+) -> None:
+    sidecar = start_sidecar()
+    chat = start_worker(None, "workers.chat", REDIS_URL=services.redis_url)
+    documents = start_worker(sidecar)
+    chat_ids: list[int] = []
+    document_ids: dict[int, uuid.UUID] = {}
+    async with subscribed(services.redis_url, "chat:*") as received:
+        for round_ in range(5):
+            async with db.begin() as conn:
+                chat_ids += await enqueue_many(
+                    conn, [NewMessage("message.created", {"n": n}, key="r") for n in range(4)]
+                )
+            document_id, message_id = await add_document(db, f"document {round_}".encode())
+            document_ids[message_id] = document_id
+        await received.wait_for_ids(chat_ids, timeout=15)
+        for message_id in document_ids:
+            await wait_for_message(db, message_id, "published")
+        await anyio.sleep(0.3)
+    assert sorted(received.ids) == chat_ids
+
+    def published_by(worker: WorkerProcess) -> list[int]:
+        return sorted(e["id"] for e in worker.events("message.published"))
+
+    assert published_by(chat) == chat_ids
+    assert published_by(documents) == sorted(document_ids)
+    for document_id in document_ids.values():
+        assert await document(db, document_id) == ("processed", None)
+
+
+# -- start-up -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"SIDECAR_BASE_URL": ""}, "SIDECAR_BASE_URL (or DOCUMENT_SIDECAR_BASE_URL): required"),
+        ({"SIDECAR_BASE_URL": "localhost:8000"}, "SIDECAR_BASE_URL"),
+        ({"SIDECAR_TOKEN": "hunter2"}, "SIDECAR_TOKEN: must be at least 8 characters"),
+        ({"INCLUDE_TYPE_PREFIXES": "message."}, "INCLUDE_TYPE_PREFIXES must name only document."),
+        ({"SIDECAR_TIMEOUT_SECONDS": "30"}, "SIDECAR_TIMEOUT_SECONDS must be below"),
+        ({"DOCUMENTS_TABLE": "docs; DROP TABLE outbox"}, "DOCUMENTS_TABLE"),
+        ({"RETRY_TRANSIENT_FAILURES": "maybe"}, "RETRY_TRANSIENT_FAILURES"),
+    ],
+)
+def test_a_bad_setting_stops_start_up_naming_it(
+    worker_env: dict[str, str], env: Mapping[str, str], named: str
+) -> None:
+    merged = {**worker_env, "SIDECAR_BASE_URL": "http://127.0.0.1:9", **env}
+    if not merged["SIDECAR_BASE_URL"]:
+        del merged["SIDECAR_BASE_URL"]
+    code, stderr = run_to_exit(DOCUMENT, merged)
+    assert code == EXIT_BAD_SETTINGS, stderr
+    assert named in stderr
+    assert "Traceback" not in stderr and "hunter2" not in stderr
+
+
+def test_either_sidecar_url_name_works_and_an_unreachable_sidecar_fails_start_up(
+    worker_env: dict[str, str],
+) -> None:
+    port = free_port()
+    env = {**worker_env, "STARTUP_TIMEOUT_SECONDS": "1"}
+    code, stderr = run_to_exit(
+        DOCUMENT, {**env, "DOCUMENT_SIDECAR_BASE_URL": f"http://127.0.0.1:{port}/"}
+    )
+    assert code == EXIT_UNREACHABLE, stderr
+    assert f"sidecar at http://127.0.0.1:{port}: " in stderr
+
+
+async def test_a_missing_documents_table_fails_start_up_by_name(
+    worker_env: dict[str, str], start_sidecar: Start
+) -> None:
+    sidecar = start_sidecar()
+    env = {
+        **worker_env,
+        "STARTUP_TIMEOUT_SECONDS": "1",
+        "SIDECAR_BASE_URL": f"http://127.0.0.1:{sidecar.port}",  # type: ignore[attr-defined]
+        "DOCUMENTS_TABLE": "uploads",
+    }
+    code, stderr = run_to_exit(DOCUMENT, env)
+    assert code == EXIT_UNREACHABLE, stderr
+    assert "documents table 'uploads': relation \"uploads\" does not exist" in stderr

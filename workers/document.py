@@ -1,0 +1,240 @@
+"""The document worker: ``document.`` types, preprocessed by the sidecar.
+
+``python -m workers.document`` (or the ``outbox-document-worker`` script). For each
+``document.preprocess.v1`` message (payload ``{"documentId": uuid, "userId": ...}``):
+
+1. the document's status becomes ``processing``;
+2. ``POST {SIDECAR_BASE_URL}/internal/documents/{documentId}/parse`` with ``{"userId"}``,
+   ``Authorization: Bearer {SIDECAR_TOKEN}``, ``Idempotency-Key: {outbox id}`` and a deadline
+   of ``SIDECAR_TIMEOUT_SECONDS`` (the worker's heartbeat keeps the lease meanwhile);
+3. ``processed`` and the message ``published``.
+
+Failures: a timeout, a dropped connection, 5xx or 429 (its ``Retry-After`` honoured) is
+retried with backoff; any other 4xx, a malformed payload or an unknown ``document.*`` type
+is final at once. When a message is given up, the document becomes ``failed`` with the
+reason and the message ``dead``. The sidecar being unreachable counts attempts like any
+transient failure but never takes the last one: the batch is handed back uncounted and the
+worker pauses until the sidecar answers. ``RETRY_TRANSIENT_FAILURES=false`` is the source
+system's MVP policy: every failure is final.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
+
+from outbox.handler import GiveUpError, PerMessage, RetryLaterError, TransportUnavailable
+from outbox.messages import ClaimedMessage
+from outbox.runner import run_worker_process
+from outbox.settings import WorkerSettings
+from workers.document_schema import DocumentStatus
+from workers.document_status import DocumentColumns, DocumentStatusStore, database_unavailable
+from workers.sidecar_client import (
+    SidecarClient,
+    SidecarRejected,
+    SidecarTransientError,
+    SidecarUnreachable,
+)
+
+__all__ = ["PREPROCESS_TYPE", "DocumentPreprocessor", "DocumentSettings", "PreprocessPayload"]
+
+PREPROCESS_TYPE = "document.preprocess.v1"
+DOCUMENT_PREFIX = "document."
+
+
+def _http_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+        raise ValueError("expected an http:// or https:// base URL")
+    return url.rstrip("/")
+
+
+def _long_enough(token: SecretStr) -> SecretStr:
+    if len(token.get_secret_value()) < 8:
+        raise ValueError("must be at least 8 characters")
+    return token
+
+
+class DocumentSettings(WorkerSettings):
+    """:class:`~outbox.settings.WorkerSettings` plus the sidecar and the documents table."""
+
+    sidecar_base_url: Annotated[str, AfterValidator(_http_url)] = Field(
+        validation_alias=AliasChoices("sidecar_base_url", "document_sidecar_base_url")
+    )
+    """``SIDECAR_BASE_URL`` or ``DOCUMENT_SIDECAR_BASE_URL`` (as in the source system)."""
+    sidecar_token: Annotated[SecretStr, AfterValidator(_long_enough)]
+    """Sent as ``Authorization: Bearer ...``; the sidecar's ``SIDECAR_TOKEN``."""
+    sidecar_timeout_seconds: float = Field(60.0, gt=0, le=86_400)
+    """Longest one parse call may take (then it is retried)."""
+    retry_transient_failures: bool = True
+    """``false``: the source's MVP policy, every failure is final (``failed``/``dead``)."""
+    documents_table: str = "documents"
+    documents_id_column: str = "id"
+    documents_status_column: str = "processing_status"
+    documents_error_column: str = "processing_error"
+    """Empty: the reason is kept only on the outbox row."""
+    documents_updated_at_column: str = "updated_at"
+    """Empty: not written."""
+    include_type_prefixes: str = DOCUMENT_PREFIX
+    batch_size: int = Field(10, ge=1, le=1000)
+    handler_timeout_seconds: float = Field(90.0, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _consistent_for_documents(self) -> DocumentSettings:
+        if not self.include or any(not p.startswith(DOCUMENT_PREFIX) for p in self.include):
+            raise ValueError(
+                "INCLUDE_TYPE_PREFIXES must name only document. prefixes (this worker gives"
+                f" up every type it does not know); got {self.include_type_prefixes!r}"
+            )
+        if self.sidecar_timeout_seconds >= self.handler_timeout_seconds:
+            raise ValueError(
+                "SIDECAR_TIMEOUT_SECONDS must be below HANDLER_TIMEOUT_SECONDS "
+                f"({self.sidecar_timeout_seconds:g} >= {self.handler_timeout_seconds:g})"
+            )
+        try:
+            self.columns().validate()
+        except ValueError as exc:
+            raise ValueError(f"DOCUMENTS_TABLE / DOCUMENTS_*_COLUMN: {exc}") from None
+        return self
+
+    def columns(self) -> DocumentColumns:
+        return DocumentColumns(
+            table=self.documents_table,
+            id=self.documents_id_column,
+            status=self.documents_status_column,
+            error=self.documents_error_column,
+            updated_at=self.documents_updated_at_column,
+        )
+
+
+class PreprocessPayload(BaseModel):
+    """The payload of ``document.preprocess.v1``; other fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    documentId: uuid.UUID
+    userId: Annotated[str, Field(min_length=1, max_length=200)] | StrictInt
+
+
+def _malformed(exc: ValidationError) -> str:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in error['loc']) or 'payload'}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return f"malformed {PREPROCESS_TYPE} payload: {problems}"
+
+
+class DocumentPreprocessor:
+    """The document worker's :class:`~outbox.handler.MessageHandler` (see the module doc)."""
+
+    def __init__(self, settings: DocumentSettings) -> None:
+        self.settings = settings
+        self.name = f"sidecar at {settings.sidecar_base_url}"
+        self.sidecar = SidecarClient(
+            settings.sidecar_base_url,
+            token=settings.sidecar_token.get_secret_value(),
+            timeout=settings.sidecar_timeout_seconds,
+            max_connections=settings.max_in_flight,
+        )
+        self.documents = DocumentStatusStore(
+            settings.database_url,
+            settings.columns(),
+            max_connections=min(settings.max_in_flight, 10),
+            timeout=settings.database_timeout_seconds,
+            prepared_statements=not settings.pgbouncer_transaction_mode,
+        )
+
+    async def check(self) -> None:
+        await self.documents.check()
+        await self.sidecar.health()
+
+    async def aclose(self) -> None:
+        await self.sidecar.aclose()
+        await self.documents.aclose()
+
+    async def handle(self, message: ClaimedMessage) -> None:
+        if message.type != PREPROCESS_TYPE:
+            raise GiveUpError(
+                f"unknown document type {message.type!r}: this worker handles {PREPROCESS_TYPE}"
+            )
+        try:
+            payload = PreprocessPayload.model_validate(message.payload)
+        except ValidationError as exc:
+            reason = _malformed(exc)
+            document_id = _document_id_of(message.payload)
+            if document_id is not None:
+                await self._set(document_id, DocumentStatus.FAILED, reason)
+            raise GiveUpError(reason) from None
+        await self._set(payload.documentId, DocumentStatus.PROCESSING)
+        try:
+            await self.sidecar.parse(
+                payload.documentId, payload.userId, idempotency_key=str(message.id)
+            )
+        except SidecarRejected as exc:
+            await self._give_up(payload.documentId, str(exc))
+        except SidecarUnreachable as exc:
+            if self._final(message):
+                if not self.settings.retry_transient_failures:
+                    await self._give_up(payload.documentId, str(exc))
+                raise TransportUnavailable(str(exc)) from exc  # an outage never kills
+            raise RetryLaterError(str(exc)) from exc
+        except SidecarTransientError as exc:
+            if self._final(message):
+                await self._give_up(payload.documentId, self._final_reason(message, str(exc)))
+            raise RetryLaterError(str(exc), exc.retry_after) from exc
+        await self._set(payload.documentId, DocumentStatus.PROCESSED)
+
+    def _final(self, message: ClaimedMessage) -> bool:
+        """Whether a failure now is the message's last (no retry follows)."""
+        s = self.settings
+        return not s.retry_transient_failures or message.attempts >= s.max_attempts
+
+    def _final_reason(self, message: ClaimedMessage, reason: str) -> str:
+        if not self.settings.retry_transient_failures:
+            return reason
+        return f"gave up after {message.attempts} attempts: {reason}"
+
+    async def _give_up(self, document_id: uuid.UUID, reason: str) -> None:
+        await self._set(document_id, DocumentStatus.FAILED, reason)
+        raise GiveUpError(reason)
+
+    async def _set(self, document_id: uuid.UUID, status: str, error: str | None = None) -> None:
+        try:
+            await self.documents.set_status(document_id, status, error)
+        except Exception as exc:
+            if database_unavailable(exc):  # hand the batch back uncounted, pause
+                raise TransportUnavailable(f"PostgreSQL (documents): {exc}") from exc
+            raise
+
+
+def _document_id_of(payload: object) -> uuid.UUID | None:
+    """The payload's ``documentId`` when it is a valid UUID (to mark a bad message failed)."""
+    value = payload.get("documentId") if isinstance(payload, dict) else None
+    try:
+        return uuid.UUID(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def make_handler(settings: DocumentSettings) -> PerMessage:
+    """The preprocessor, each message bounded by ``HANDLER_TIMEOUT_SECONDS``."""
+    return PerMessage(DocumentPreprocessor(settings), timeout=settings.handler_timeout_seconds)
+
+
+def main() -> None:
+    """Console entry point."""
+    run_worker_process("outbox-document-worker", DocumentSettings, make_handler)
+
+
+if __name__ == "__main__":
+    main()

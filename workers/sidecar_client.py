@@ -1,0 +1,143 @@
+"""Calling the preprocessing sidecar, and what each kind of failure means.
+
+:meth:`SidecarClient.parse` returns the sidecar's JSON summary or raises one of:
+
+* :class:`SidecarUnreachable` -- no request reached it (connection refused, DNS, connect
+  timeout): an outage.
+* :class:`SidecarTransientError` -- it may work later: a timeout after the request was sent,
+  a dropped connection, 5xx, 429; ``retry_after`` carries a ``Retry-After`` answer.
+* :class:`SidecarRejected` -- it never will: any other 4xx (or an unexpected answer); the
+  message carries the status and the sidecar's ``detail``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+import uuid
+from typing import Any
+
+import anyio
+import httpx
+
+__all__ = [
+    "SidecarClient",
+    "SidecarError",
+    "SidecarRejected",
+    "SidecarTransientError",
+    "SidecarUnreachable",
+    "retry_after_seconds",
+]
+
+MAX_RETRY_AFTER_SECONDS = 3600.0
+"""A ``Retry-After`` beyond this is capped (a typo on the server must not park a message)."""
+
+
+class SidecarError(Exception):
+    """Base of the failures below; ``str()`` is the reason stored with the message."""
+
+
+class SidecarUnreachable(SidecarError):
+    """Nothing reached the sidecar."""
+
+
+class SidecarTransientError(SidecarError):
+    """Worth retrying; ``retry_after`` is the sidecar's own hint in seconds, if it gave one."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class SidecarRejected(SidecarError):
+    """The sidecar refused the request for good."""
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now (delta-seconds or an HTTP date), capped; or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_SECONDS)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return response.text[:300].strip()
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list):  # FastAPI validation errors: "loc: msg" each
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                where = ".".join(str(p) for p in item.get("loc", ()))
+                parts.append(f"{where}: {item.get('msg', '')}")
+        detail = "; ".join(parts) if parts else detail
+    return str(detail)[:500]
+
+
+class SidecarClient:
+    """``POST {base_url}/internal/documents/{id}/parse`` with a bearer token and a deadline."""
+
+    def __init__(self, base_url: str, *, token: str, timeout: float, max_connections: int) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(max_connections=max_connections),
+        )
+
+    async def health(self) -> None:
+        """Raise unless ``GET /healthz`` answers 200 within the timeout."""
+        with anyio.fail_after(self.timeout):
+            response = await self.http.get("/healthz")
+        if response.status_code != 200:
+            raise RuntimeError(f"GET /healthz answered {response.status_code}: {_detail(response)}")
+
+    async def parse(
+        self, document_id: uuid.UUID, user_id: str | int, *, idempotency_key: str
+    ) -> dict[str, Any]:
+        """The sidecar's summary; raises a :class:`SidecarError` subclass on failure."""
+        path = f"/internal/documents/{document_id}/parse"
+        try:
+            with anyio.fail_after(self.timeout):  # httpx's timeouts are per read, not total
+                response = await self.http.post(
+                    path, json={"userId": user_id}, headers={"Idempotency-Key": idempotency_key}
+                )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise SidecarUnreachable(
+                f"sidecar unreachable at {self.base_url}: {exc or type(exc).__name__}"
+            ) from exc
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise SidecarTransientError(f"sidecar timed out after {self.timeout:g}s") from exc
+        except httpx.TransportError as exc:
+            raise SidecarTransientError(
+                f"sidecar connection failed: {exc or type(exc).__name__}"
+            ) from exc
+        status = response.status_code
+        if response.is_success:
+            try:
+                summary: Any = response.json()
+            except ValueError:
+                summary = None
+            return summary if isinstance(summary, dict) else {}
+        answer = f"sidecar answered {status} {response.reason_phrase}: {_detail(response)}"
+        if status == 429 or status >= 500:
+            delay = retry_after_seconds(response.headers.get("Retry-After"))
+            raise SidecarTransientError(answer, delay)
+        raise SidecarRejected(answer)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
