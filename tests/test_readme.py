@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from outbox.dburl import libpq_dsn
 from tests.conftest import admin
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 EXAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
 
-def test_the_readme_has_its_three_examples() -> None:
-    assert len(EXAMPLES) == 3
+def test_the_readme_has_its_four_examples() -> None:
+    assert len(EXAMPLES) == 4
+
+
+def query(database_url: str, sql: str) -> list[tuple[object, ...]]:
+    async def go() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(libpq_dsn(database_url))
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
 
 
 def run(example: str, database_url: str) -> str:
@@ -51,3 +65,14 @@ def test_worker_loop_delivers_what_the_async_example_enqueued(database_url: str)
     output = run(EXAMPLES[2], database_url)
     # The loop excludes "document." rows, and the delayed chat row is not due yet.
     assert output == "delivering 3 message.created {'body': 'hi', 'roomId': 'r1'}\n"
+
+
+def test_the_document_example_commits_the_document_with_its_message(database_url: str) -> None:
+    admin(database_url, "TRUNCATE outbox RESTART IDENTITY", "TRUNCATE documents CASCADE")
+    assert run(EXAMPLES[3], database_url) == "queued 1\n"
+    rows = query(
+        database_url,
+        "SELECT d.processing_status, o.type, o.payload->>'userId'"
+        " FROM documents d JOIN outbox o ON o.payload->>'documentId' = d.id::text",
+    )
+    assert rows == [("pending", "document.preprocess.v1", "u1")]
