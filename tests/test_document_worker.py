@@ -320,6 +320,32 @@ async def test_a_sidecar_slower_than_the_lease_keeps_it_and_parses_once(
     assert worker.events("lease.reaped") == [] and worker.events("lease.lost") == []
 
 
+async def test_a_worker_killed_on_the_last_attempt_leaves_the_document_failed_by_the_reaper(
+    db: AsyncEngine, start_sidecar: Start, start_worker: Start
+) -> None:
+    sidecar = start_sidecar()
+    env = {"MAX_ATTEMPTS": "1", "LOCK_SECONDS": "1", "REAP_INTERVAL_SECONDS": "0.2"}
+    doomed = start_worker(sidecar, **env)
+    async with db.connect() as blocker:
+        await blocker.execute(text("LOCK TABLE document_chunks IN EXCLUSIVE MODE"))
+        document_id, message_id = await add_document(db, b"the last attempt")
+        await wait_for_document(db, document_id, "processing")
+        doomed.signal(signal.SIGKILL)
+        doomed.wait(5)
+        await blocker.rollback()
+    start_worker(sidecar, **env)  # its reaper finds the expired lease at MAX_ATTEMPTS
+    await wait_for_message(db, message_id, "dead")
+    reason = "lease expired (held by document-0) after attempt 1"
+    assert await message(db, message_id) == {
+        "status": "dead",
+        "attempts": 1,
+        "error": reason,
+        "lease_left": None,
+    }
+    # The documents branch's trigger failed the document in the reaper's transaction.
+    assert await document(db, document_id) == ("failed", reason)
+
+
 async def test_5xx_is_retried_after_retry_after_then_the_document_fails(
     db: AsyncEngine, start_sidecar: Start, start_worker: Start
 ) -> None:

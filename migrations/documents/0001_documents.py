@@ -5,6 +5,12 @@ create it in an application that has documents of its own. Run it with
 ``outbox.migrate.upgrade(url, documents=True)`` or, from the repository root,
 ``alembic upgrade heads``. Defined in ``workers.document_schema``.
 
+It also adds a trigger on ``outbox``: when a ``document.preprocess.v1`` row becomes
+``dead``, by whoever marks it (the document worker giving up, or any worker's reaper after
+a worker died during the last attempt), its document becomes ``failed`` with the row's
+error, in the same transaction. The WHEN clause is evaluated in C for each updated row and
+fires the function only for those rows, so other acknowledgements pay next to nothing.
+
 Revision ID: documents_0001
 Revises:
 Create Date: 2026-11-22
@@ -21,7 +27,7 @@ from sqlalchemy.dialects import postgresql
 revision: str = "documents_0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = ("documents",)
-depends_on: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = ("outbox_0001",)
 
 
 def upgrade() -> None:
@@ -77,8 +83,39 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("document_id", "ordinal", name="document_chunks_pkey"),
     )
+    op.execute(
+        r"""
+        CREATE FUNCTION documents_fail_on_dead_preprocess() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.payload->>'documentId'
+                    ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$' THEN
+                UPDATE documents
+                   SET processing_status = 'failed',
+                       processing_error = NEW.error,
+                       updated_at = now()
+                 WHERE id = (NEW.payload->>'documentId')::uuid
+                   AND processing_status IN ('pending', 'processing');
+            END IF;
+            RETURN NULL;
+        END
+        $$
+        """
+    )
+    op.execute(
+        """
+        CREATE TRIGGER documents_fail_on_dead_preprocess
+        AFTER UPDATE OF status ON outbox
+        FOR EACH ROW
+        WHEN (NEW.status = 'dead' AND OLD.status <> 'dead'
+              AND NEW.type = 'document.preprocess.v1')
+        EXECUTE FUNCTION documents_fail_on_dead_preprocess()
+        """
+    )
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER documents_fail_on_dead_preprocess ON outbox")
+    op.execute("DROP FUNCTION documents_fail_on_dead_preprocess()")
     op.drop_table("document_chunks")
     op.drop_table("documents")
