@@ -40,13 +40,16 @@ def migrations_dir() -> Path:
     return Path(__file__).resolve().parent / "_migrations"
 
 
-def alembic_config(database_url: str | URL, *, documents: bool = False) -> Config:
-    """An Alembic ``Config`` for the outbox migrations (and, with ``documents``, the
-    reference documents branch) against ``database_url``."""
+def alembic_config(database_url: str | URL) -> Config:
+    """An Alembic ``Config`` for both branches (``outbox``, ``documents``) on ``database_url``.
+
+    Both folders are always known, so a database that has the documents branch can still
+    be migrated; which branch runs is the revision's choice (``outbox@head``, ``heads``).
+    """
     config = Config()
     root = migrations_dir()
     config.set_main_option("script_location", str(root))
-    folders = [root / "versions"] + ([root / DOCUMENTS_FOLDER] if documents else [])
+    folders = [root / "versions", root / DOCUMENTS_FOLDER]
     config.set_main_option("path_separator", "os")
     config.set_main_option("version_locations", os.pathsep.join(str(f) for f in folders))
     url = async_database_url(database_url).render_as_string(hide_password=False)
@@ -54,15 +57,18 @@ def alembic_config(database_url: str | URL, *, documents: bool = False) -> Confi
     return config
 
 
-def upgrade(database_url: str | URL, revision: str = "heads", *, documents: bool = False) -> None:
-    """Migrate the database to ``revision`` (blocking; call it before starting workers).
+def upgrade(
+    database_url: str | URL, revision: str | None = None, *, documents: bool = False
+) -> None:
+    """Migrate the database (blocking; call it before starting workers).
 
-    ``documents=True`` also creates the reference ``documents``/``document_chunks`` tables.
+    By default to ``outbox@head``; ``documents=True`` also creates the reference
+    ``documents``/``document_chunks`` tables (``heads``). ``revision`` overrides both.
     """
-    command.upgrade(alembic_config(database_url, documents=documents), revision)
+    target = revision or ("heads" if documents else "outbox@head")
+    command.upgrade(alembic_config(database_url), target)
 
 
-def downgrade(database_url: str | URL, revision: str = "base", *, documents: bool = False) -> None:
-    """Migrate down to ``revision`` (``base`` drops the outbox table, and with
-    ``documents`` the reference documents tables)."""
-    command.downgrade(alembic_config(database_url, documents=documents), revision)
+def downgrade(database_url: str | URL, revision: str = "base") -> None:
+    """Migrate down to ``revision`` (``base`` drops every table the migrations made)."""
+    command.downgrade(alembic_config(database_url), revision)

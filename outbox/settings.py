@@ -28,7 +28,7 @@ from outbox.constants import DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT
 from outbox.dburl import libpq_dsn, redacted_url
 from outbox.errors import ConfigurationError
 
-__all__ = ["WorkerSettings", "load_settings", "parse_prefixes"]
+__all__ = ["BearerToken", "WorkerSettings", "load_settings", "parse_prefixes"]
 
 _DAY = 86_400.0
 
@@ -48,6 +48,19 @@ def _default_worker_id() -> str:
 
 
 Seconds = Annotated[float, Field(gt=0, le=_DAY)]
+
+
+def _bearer_token(token: SecretStr) -> SecretStr:
+    value = token.get_secret_value()
+    if len(value) < 8:
+        raise ValueError("must be at least 8 characters")
+    if not all("!" <= c <= "~" for c in value):
+        raise ValueError("must be printable ASCII without spaces (it travels in a header)")
+    return token
+
+
+BearerToken = Annotated[SecretStr, AfterValidator(_bearer_token)]
+"""A shared secret sent as ``Authorization: Bearer ...``: 8+ printable ASCII characters."""
 
 
 class WorkerSettings(BaseSettings):
@@ -180,7 +193,7 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            name, secret = _variable(cls, error["loc"])
+            name, is_url, secret = _variable(cls, error["loc"])
             if error["type"] == "missing":
                 problems.append(f"{name}: required, not set")
                 continue
@@ -189,16 +202,16 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
                 problems.append(message)
                 continue
             value = error.get("input")
-            if isinstance(value, str) and name.endswith("_URL"):
+            if isinstance(value, str) and is_url:
                 value = redacted_url(value)
             shown = "" if isinstance(value, dict) or secret else f" (got {value!r})"
             problems.append(f"{name}: {message}{shown}")
         raise ConfigurationError("bad settings: " + "; ".join(problems)) from None
 
 
-def _variable(cls: type[BaseSettings], loc: tuple[int | str, ...]) -> tuple[str, bool]:
-    """The variable(s) an error is about (``A (or B)`` for alias choices) and whether its
-    value is a secret that must not be echoed."""
+def _variable(cls: type[BaseSettings], loc: tuple[int | str, ...]) -> tuple[str, bool, bool]:
+    """The variable(s) an error is about (``A (or B)`` for alias choices), whether it is a
+    URL (shown without its password) and whether its value is a secret (not shown)."""
     name = "_".join(str(part) for part in loc)
     for field_name, field in cls.model_fields.items():
         alias = field.validation_alias
@@ -208,5 +221,5 @@ def _variable(cls: type[BaseSettings], loc: tuple[int | str, ...]) -> tuple[str,
             shown = " (or ".join(n.upper() for n in dict.fromkeys(names)) + ")" * (
                 len(dict.fromkeys(names)) - 1
             )
-            return shown, field.annotation is SecretStr
-    return name.upper(), False
+            return shown, field_name.endswith("_url"), field.annotation is SecretStr
+    return name.upper(), name.endswith("_url"), False

@@ -4,9 +4,14 @@
 environment at start-up; ``create_app(settings)`` builds an app with given settings.
 
 Answers: 200 with a :class:`ParseSummary`; 401 without ``Authorization: Bearer
-<SIDECAR_TOKEN>``; 404 for an unknown document; 403 when it belongs to another user; 422
-for a malformed request or a document whose content cannot be read (the ``detail`` says
-why); 503 with ``Retry-After`` while the database is unreachable. Bad input never gets a 500.
+<SIDECAR_TOKEN>`` (checked before anything else under ``/internal/``); 404 for an unknown
+document; 403 when it belongs to another user; 422 for a malformed request or a document
+whose content cannot be read (the ``detail`` says why); 503 with ``Retry-After`` while the
+database is unreachable. Bad input never gets a 500. ``GET /internal/ping`` lets a caller
+check its token.
+
+A parse reads the document without locking it, extracts the text in a worker process
+under ``PARSE_TIMEOUT_SECONDS``, then replaces the chunks in one short transaction.
 """
 
 from __future__ import annotations
@@ -15,25 +20,26 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import anyio
+import anyio.to_process
 import asyncpg
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, Header, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from outbox.errors import ConfigurationError
 from outbox.logs import log_event
 from outbox.pgpool import create_pool
 from outbox.settings import load_settings
-from sidecar.chunking import Chunk, split
-from sidecar.extract import UnreadableDocumentError, extract_text, media_type
+from sidecar.extract import UnreadableDocumentError, media_type
+from sidecar.parsing import parse
 from sidecar.settings import SidecarSettings
-from sidecar.store import load_for_update, replace_chunks
+from sidecar.store import load, replace_chunks
 
 __all__ = ["ParseRequest", "ParseSummary", "app", "create_app"]
 
@@ -68,32 +74,6 @@ def _reject(status: int, reason: str, document_id: uuid.UUID | None = None) -> H
     return HTTPException(status, reason)
 
 
-_bearer = HTTPBearer(auto_error=False)
-
-
-async def _require_token(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    expected = request.app.state.settings.sidecar_token.get_secret_value().encode()
-    given = b"" if credentials is None else credentials.credentials.encode()
-    if not secrets.compare_digest(given, expected):
-        error = _reject(401, "missing or wrong bearer token")
-        error.headers = {"WWW-Authenticate": "Bearer"}
-        raise error
-
-
-def _chunks(
-    content: bytes, content_type: str, settings: SidecarSettings
-) -> tuple[str, list[Chunk]]:
-    text = extract_text(content, content_type)
-    return text, split(text, size=settings.chunk_size, overlap=settings.chunk_overlap)
-
-
-router = APIRouter(prefix="/internal", dependencies=[Depends(_require_token)])
-
-
-@router.post("/documents/{document_id}/parse")
 async def parse_document(
     document_id: uuid.UUID,
     body: ParseRequest,
@@ -102,52 +82,92 @@ async def parse_document(
 ) -> ParseSummary:
     """Extract, chunk and store the document's text, replacing earlier chunks."""
     settings: SidecarSettings = request.app.state.settings
+    pool = request.app.state.pool
     started = time.perf_counter()
-    async with request.app.state.pool.acquire() as conn, conn.transaction():
-        document = await load_for_update(conn, document_id)
-        if document is None:
-            raise _reject(404, f"document {document_id} does not exist", document_id)
-        if document.user_id != str(body.userId):
-            raise _reject(403, f"document {document_id} belongs to another user", document_id)
-        if len(document.content) > settings.max_document_bytes:
-            raise _reject(
-                422,
-                f"document is {len(document.content)} bytes, over MAX_DOCUMENT_BYTES"
-                f" ({settings.max_document_bytes})",
-                document_id,
+    document = await load(pool, document_id)
+    if document is None:
+        raise _reject(404, f"document {document_id} does not exist", document_id)
+    if document.user_id != str(body.userId):
+        raise _reject(403, f"document {document_id} belongs to another user", document_id)
+    size = len(document.content)
+    if size > settings.max_document_bytes:
+        limit = settings.max_document_bytes
+        raise _reject(422, f"document is {size} bytes, over MAX_DOCUMENT_BYTES ({limit})")
+    try:
+        with anyio.fail_after(settings.parse_timeout_seconds):
+            characters, chunks = await anyio.to_process.run_sync(
+                parse,
+                bytes(document.content),
+                document.content_type,
+                settings.chunk_size,
+                settings.chunk_overlap,
+                cancellable=True,  # the deadline kills the worker process
             )
-        try:
-            text, chunks = await anyio.to_thread.run_sync(
-                _chunks, bytes(document.content), document.content_type, settings
-            )
-        except UnreadableDocumentError as exc:
-            raise _reject(422, str(exc), document_id) from None
-        await replace_chunks(conn, document_id, chunks)
+    except UnreadableDocumentError as exc:
+        raise _reject(422, str(exc), document_id) from None
+    except TimeoutError:
+        limit_s = f"{settings.parse_timeout_seconds:g}"
+        reason = f"extracting the text took longer than PARSE_TIMEOUT_SECONDS ({limit_s} s)"
+        raise _reject(422, reason, document_id) from None
+    async with pool.acquire() as conn, conn.transaction():
+        if not await replace_chunks(conn, document_id, chunks):
+            raise _reject(404, f"document {document_id} was deleted meanwhile", document_id)
     log_event(
         log,
         logging.INFO,
         "document.parsed",
         id=document_id,
         chunks=len(chunks),
-        characters=len(text),
+        characters=characters,
         idempotency_key=idempotency_key,
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
     )
     return ParseSummary(
         documentId=document_id,
         chunks=len(chunks),
-        characters=len(text),
+        characters=characters,
         contentType=media_type(document.content_type)[0],
     )
 
 
-async def _healthz(request: Request) -> JSONResponse:
+async def ping() -> dict[str, str]:
+    """200 when the caller's token is right (the bearer check runs before this)."""
+    return {"status": "ok"}
+
+
+async def healthz(request: Request) -> JSONResponse:
     try:
         with anyio.fail_after(2):
             await request.app.state.pool.fetchval("SELECT 1")
     except (*DATABASE_DOWN, asyncpg.PostgresError) as exc:
         return JSONResponse({"status": "unavailable", "error": f"database: {exc}"}, 503)
     return JSONResponse({"status": "ok"})
+
+
+async def _require_token(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """401 for any ``/internal/`` request without the right bearer token, before parsing."""
+    if request.url.path.startswith("/internal/"):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        expected = request.app.state.settings.sidecar_token.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            given.strip().encode(), expected
+        ):
+            _reject(401, "missing or wrong bearer token")
+            return JSONResponse(
+                {"detail": "missing or wrong bearer token"},
+                401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    return await call_next(request)
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """422 listing each problem's place and message, without echoing the input back."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
+    return JSONResponse({"detail": detail}, 422)
 
 
 async def _database_down(request: Request, exc: Exception) -> JSONResponse:
@@ -174,17 +194,23 @@ def create_app(settings: SidecarSettings | None = None) -> FastAPI:
             application_name="outbox-sidecar",
             command_timeout=s.database_timeout_seconds,
         )
+        # Start one extraction process now, so the first request's deadline is not spent
+        # on starting Python.
+        await anyio.to_process.run_sync(parse, b"ready", "text/plain", 100, 0)
         try:
             yield
         finally:
             await app.state.pool.close()
 
     app = FastAPI(title="outbox reference preprocessing sidecar", lifespan=lifespan)
-    app.include_router(router)
-    app.add_api_route("/healthz", _healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/internal/documents/{document_id}/parse", parse_document, methods=["POST"])
+    app.add_api_route("/internal/ping", ping, methods=["GET"])
+    app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
+    app.middleware("http")(_require_token)
     handler: Any = _database_down
     for error in DATABASE_DOWN:
         app.add_exception_handler(error, handler)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     return app
 
 

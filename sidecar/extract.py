@@ -9,6 +9,7 @@ the caller; it never raises anything else for bad input.
 
 from __future__ import annotations
 
+import email.utils
 import io
 import logging
 import re
@@ -24,10 +25,18 @@ class UnreadableDocumentError(ValueError):
 
 
 def media_type(content_type: str) -> tuple[str, dict[str, str]]:
-    """``"Text/HTML; charset=latin-1"`` -> ``("text/html", {"charset": "latin-1"})``."""
+    """``"Text/HTML; charset=latin-1"`` -> ``("text/html", {"charset": "latin-1"})``.
+
+    A value without a ``type/subtype`` gives ``("", {})`` (unsupported, not plain text).
+    """
+    if "/" not in content_type.split(";", 1)[0]:
+        return "", {}
     header = Message()
     header["content-type"] = content_type
-    params = {k.lower(): v for k, v in header.get_params(failobj=[])[1:]}
+    params = {
+        str(k).lower(): email.utils.collapse_rfc2231_value(v)  # RFC 2231 values are tuples
+        for k, v in header.get_params(failobj=[])[1:]
+    }
     return header.get_content_type(), params
 
 
@@ -43,19 +52,23 @@ def _decode(content: bytes, params: dict[str, str]) -> str:
         raise UnreadableDocumentError(
             f"not valid {charset} text (byte {exc.start}: {exc.reason})"
         ) from None
+    except (UnicodeError, ValueError, TypeError) as exc:  # codecs that refuse to decode at all
+        raise UnreadableDocumentError(f"cannot decode as {charset!r}: {exc}") from None
 
 
+# Every rule is linear in the input: no unbounded repetition that can run past the next
+# delimiter (an unclosed "**" or "[" on every line must not make a document take minutes).
 _MARKDOWN_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^```.*$|^~~~.*$", re.MULTILINE), ""),  # code fences (the code stays)
-    (re.compile(r"!\[([^\]]*)\]\([^)]*\)"), r"\1"),  # images: alt text
-    (re.compile(r"\[([^\]]+)\]\([^)]*\)"), r"\1"),  # links: their text
+    (re.compile(r"!\[([^\]\n]{0,500})\]\([^)\n]{0,2000}\)"), r"\1"),  # images: alt text
+    (re.compile(r"\[([^\]\n]{1,500})\]\([^)\n]{0,2000}\)"), r"\1"),  # links: their text
     (re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+", re.MULTILINE), ""),  # headings
     (re.compile(r"^[ \t]{0,3}>[ \t]?", re.MULTILINE), ""),  # block quotes
     (re.compile(r"^[ \t]*(?:[-*+]|\d+[.)])[ \t]+", re.MULTILINE), ""),  # list markers
     (re.compile(r"^[ \t]{0,3}(?:[-*_][ \t]*){3,}$", re.MULTILINE), ""),  # horizontal rules
-    (re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1"), r"\2"),  # bold
-    (re.compile(r"(?<![\w*])([*_])(?=\S)(.+?)(?<=\S)\1(?![\w*])"), r"\2"),  # italics
-    (re.compile(r"`([^`]*)`"), r"\1"),  # inline code
+    (re.compile(r"\*\*([^*\n]+)\*\*|__([^_\n]+)__"), r"\1\2"),  # bold
+    (re.compile(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])|(?<!\w)_([^_\n]+)_(?!\w)"), r"\1\2"),  # italics
+    (re.compile(r"`([^`\n]*)`"), r"\1"),  # inline code
 )
 
 
@@ -100,8 +113,11 @@ class _VisibleText(HTMLParser):
 
 def _html(text: str) -> str:
     parser = _VisibleText()
-    parser.feed(text)
-    parser.close()
+    try:
+        parser.feed(text)
+        parser.close()
+    except Exception as exc:  # the standard parser asserts on some malformed markup
+        raise UnreadableDocumentError(f"malformed HTML ({type(exc).__name__})") from None
     return "".join(parser.parts)
 
 
@@ -115,9 +131,11 @@ def _pdf(content: bytes) -> str:
         if reader.is_encrypted:
             raise UnreadableDocumentError("the PDF is encrypted")
         return "\n\n".join(page.extract_text() or "" for page in reader.pages)
-    except UnreadableDocumentError:
+    except (UnreadableDocumentError, MemoryError):
         raise
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+    except PyPdfError as exc:
+        raise UnreadableDocumentError(f"not a readable PDF ({type(exc).__name__})") from None
+    except Exception as exc:  # pypdf also asserts, or raises NotImplementedError, on odd files
         raise UnreadableDocumentError(f"not a readable PDF ({type(exc).__name__})") from None
 
 

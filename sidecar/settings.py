@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, SecretStr, model_validator
+from pydantic import AfterValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.dburl import libpq_dsn
+from outbox.settings import BearerToken
 
 __all__ = ["SidecarSettings"]
 
@@ -17,12 +18,6 @@ def _postgres_url(url: str) -> str:
     return url
 
 
-def _long_enough(token: SecretStr) -> SecretStr:
-    if len(token.get_secret_value()) < 8:
-        raise ValueError("must be at least 8 characters")
-    return token
-
-
 class SidecarSettings(BaseSettings):
     """Each field is the upper-case variable of the same name."""
 
@@ -30,7 +25,7 @@ class SidecarSettings(BaseSettings):
 
     database_url: Annotated[str, AfterValidator(_postgres_url)]
     """The database holding ``documents`` and ``document_chunks``."""
-    sidecar_token: Annotated[SecretStr, AfterValidator(_long_enough)]
+    sidecar_token: BearerToken
     """Callers must send ``Authorization: Bearer <token>`` (the workers' ``SIDECAR_TOKEN``)."""
     sidecar_host: str = "127.0.0.1"
     """Address ``python -m sidecar`` listens on (``0.0.0.0`` in a container)."""
@@ -41,6 +36,9 @@ class SidecarSettings(BaseSettings):
     """Characters a chunk repeats from the end of the previous one (below ``CHUNK_SIZE``)."""
     max_document_bytes: int = Field(50 * 1024 * 1024, ge=1)
     """Larger documents are refused with 422."""
+    parse_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    """Longest text extraction of one document (then 422); keep it below the workers'
+    ``SIDECAR_TIMEOUT_SECONDS``."""
     database_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     """Longest one statement may take; past it the answer is 503."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

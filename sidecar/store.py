@@ -9,7 +9,7 @@ from typing import Any
 
 from sidecar.chunking import Chunk
 
-__all__ = ["StoredDocument", "load_for_update", "replace_chunks"]
+__all__ = ["StoredDocument", "load", "replace_chunks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,17 +19,25 @@ class StoredDocument:
     content: bytes
 
 
-async def load_for_update(conn: Any, document_id: uuid.UUID) -> StoredDocument | None:
-    """The document, row-locked until the transaction ends (parses of one document queue)."""
-    row = await conn.fetchrow(
-        "SELECT user_id, content_type, content FROM documents WHERE id = $1 FOR UPDATE",
-        document_id,
+async def load(db: Any, document_id: uuid.UUID) -> StoredDocument | None:
+    """The document as it is now (no lock: extraction runs outside any transaction)."""
+    row = await db.fetchrow(
+        "SELECT user_id, content_type, content FROM documents WHERE id = $1", document_id
     )
     return None if row is None else StoredDocument(*row)
 
 
-async def replace_chunks(conn: Any, document_id: uuid.UUID, chunks: Sequence[Chunk]) -> None:
-    """Delete the document's chunks and insert ``chunks`` (ordinals from 0), two statements."""
+async def replace_chunks(conn: Any, document_id: uuid.UUID, chunks: Sequence[Chunk]) -> bool:
+    """In the caller's transaction: replace the document's chunks with ``chunks``.
+
+    Writers of one document queue on a transaction-scoped advisory lock (never on the
+    document's row, which workers and the outbox trigger update). False, with nothing
+    written, when the document no longer exists.
+    """
+    key = str(document_id)
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", key)
+    if await conn.fetchval("SELECT 1 FROM documents WHERE id = $1", document_id) is None:
+        return False
     await conn.execute("DELETE FROM document_chunks WHERE document_id = $1", document_id)
     await conn.execute(
         "INSERT INTO document_chunks (document_id, ordinal, text, char_start, char_end)"
@@ -41,3 +49,4 @@ async def replace_chunks(conn: Any, document_id: uuid.UUID, chunks: Sequence[Chu
         [c.start for c in chunks],
         [c.end for c in chunks],
     )
+    return True

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import signal
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
@@ -346,33 +348,106 @@ async def test_a_worker_killed_on_the_last_attempt_leaves_the_document_failed_by
     assert await document(db, document_id) == ("failed", reason)
 
 
-async def test_5xx_is_retried_after_retry_after_then_the_document_fails(
+async def due_in(db: AsyncEngine, message_id: int) -> tuple[str, float]:
+    """(status, seconds until next_attempt_at)."""
+    async with db.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT status, extract(epoch FROM next_attempt_at - now())"
+                    " FROM outbox WHERE id = :id"
+                ),
+                {"id": message_id},
+            )
+        ).one()
+    return row[0], float(row[1])
+
+
+async def test_a_503_outage_behind_the_sidecar_never_kills_and_retry_after_is_a_floor(
     db: AsyncEngine, start_sidecar: Start, start_worker: Start
 ) -> None:
     healthy = start_sidecar()
     port = healthy.port  # type: ignore[attr-defined]
-    # Backoff alone would wait ten minutes; the sidecar's Retry-After (1 s) must win.
-    worker = start_worker(healthy, MAX_ATTEMPTS="2", BACKOFF_SCHEDULE="600")
-    healthy.stop()
-    # Same port, but its database is gone: every parse answers 503 with Retry-After: 1.
-    start_sidecar(
-        port=port, healthy=False, DATABASE_URL=f"postgresql://root@127.0.0.1:{free_port()}/x"
+    worker = start_worker(
+        healthy, MAX_ATTEMPTS="2", BACKOFF_SCHEDULE="0.1", TRANSPORT_RETRY_MAX_SECONDS="0.5"
     )
+    healthy.stop()
+    # Same port, its database gone: every parse answers 503 with Retry-After: 1.
+    gone = f"postgresql://root@127.0.0.1:{free_port()}/x"
+    broken = start_sidecar(port=port, healthy=False, DATABASE_URL=gone)
     document_id, message_id = await add_document(db, b"text")
 
-    async def retried() -> bool:
-        return (await message(db, message_id))["attempts"] == 1 and (await message(db, message_id))[
-            "status"
-        ] == "pending"
+    async def first_retry_scheduled() -> bool:
+        status, seconds = await due_in(db, message_id)
+        return status == "pending" and seconds > 0.7  # the 1 s, not the 0.1 s backoff
 
-    await wait_until(retried, 15, "the first attempt to fail")
+    await wait_until(first_retry_scheduled, 10, "a retry scheduled by Retry-After")
+    worker.wait_for_event("transport.unavailable", timeout=10)  # the last attempt handed back
+    assert "503 Service Unavailable" in (await message(db, message_id))["error"]
+    assert await document(db, document_id) == ("processing", None)
+
+    broken.stop()
+    start_sidecar(port=port)
+    await wait_for_message(db, message_id, "published", timeout=20)
+    assert await document(db, document_id) == ("processed", None)
+    assert (await message(db, message_id))["attempts"] == 2
+    assert worker.events("message.dead") == []
+
+
+class BadGateway(http.server.BaseHTTPRequestHandler):
+    """A stand-in for a proxy in front of the sidecar: healthy, but every parse gets 502."""
+
+    def do_GET(self) -> None:
+        self._answer(200, b'{"status": "ok"}')
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._answer(502, b'{"detail": "upstream went away"}', {"Retry-After": "1"})
+
+    def _answer(self, status: int, body: bytes, headers: Mapping[str, str] = {}) -> None:
+        self.send_response(status)
+        for name, value in {**headers, "Content-Type": "application/json"}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def bad_gateway() -> Iterator[WorkerProcess]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BadGateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    stand_in = WorkerProcess.__new__(WorkerProcess)  # only its port is used
+    stand_in.port = server.server_address[1]  # type: ignore[attr-defined]
+    yield stand_in
+    server.shutdown()
+    server.server_close()
+
+
+async def test_a_5xx_is_retried_after_retry_after_then_the_document_fails(
+    db: AsyncEngine, bad_gateway: WorkerProcess, start_worker: Start
+) -> None:
+    worker = start_worker(bad_gateway, MAX_ATTEMPTS="2", BACKOFF_SCHEDULE="0.1")
+    document_id, message_id = await add_document(db, b"text")
+
+    async def first_retry_scheduled() -> bool:
+        status, seconds = await due_in(db, message_id)
+        return status == "pending" and seconds > 0.7
+
+    await wait_until(first_retry_scheduled, 10, "a retry scheduled by Retry-After")
     await wait_for_message(db, message_id, "dead", timeout=10)
     state = await message(db, message_id)
-    reason = "gave up after 2 attempts: sidecar answered 503 Service Unavailable: "
-    assert state["attempts"] == 2 and state["error"].startswith(reason)
+    assert state["attempts"] == 2
+    assert state["error"] == (
+        "gave up after 2 attempts: sidecar answered 502 Bad Gateway: upstream went away"
+    )
     assert await document(db, document_id) == ("failed", state["error"])
     (retry,) = worker.events("message.retried")
-    assert "503" in retry["error"]
+    assert retry["error"] == "sidecar answered 502 Bad Gateway: upstream went away"
 
 
 async def test_the_mvp_policy_fails_the_document_on_the_first_failure(
@@ -432,6 +507,9 @@ async def test_chat_and_document_workers_share_the_table_and_never_take_each_oth
         ({"SIDECAR_TIMEOUT_SECONDS": "30"}, "SIDECAR_TIMEOUT_SECONDS must be below"),
         ({"DOCUMENTS_TABLE": "docs; DROP TABLE outbox"}, "DOCUMENTS_TABLE"),
         ({"RETRY_TRANSIENT_FAILURES": "maybe"}, "RETRY_TRANSIENT_FAILURES"),
+        ({"DOCUMENTS_STATUS_COLUMN": ""}, "status column must be named"),
+        ({"SIDECAR_TOKEN": "tökenhunter2"}, "SIDECAR_TOKEN: must be printable ASCII"),
+        ({"SIDECAR_BASE_URL": "ftp://admin:hunter2@x"}, "ftp://admin:***@x"),
     ],
 )
 def test_a_bad_setting_stops_start_up_naming_it(
@@ -456,6 +534,23 @@ def test_either_sidecar_url_name_works_and_an_unreachable_sidecar_fails_start_up
     )
     assert code == EXIT_UNREACHABLE, stderr
     assert f"sidecar at http://127.0.0.1:{port}: " in stderr
+
+
+async def test_a_token_the_sidecar_refuses_fails_start_up(
+    worker_env: dict[str, str], start_sidecar: Start
+) -> None:
+    sidecar = start_sidecar()
+    url = f"http://admin:hunter2@127.0.0.1:{sidecar.port}"  # type: ignore[attr-defined]
+    env = {
+        **worker_env,
+        "STARTUP_TIMEOUT_SECONDS": "1",
+        "SIDECAR_BASE_URL": url,
+        "SIDECAR_TOKEN": "not-the-sidecars-token",
+    }
+    code, stderr = run_to_exit(DOCUMENT, env)
+    assert code == EXIT_UNREACHABLE, stderr
+    assert "it refuses SIDECAR_TOKEN (401): the two sides differ" in stderr
+    assert "hunter2" not in stderr and "admin:***@127.0.0.1" in stderr
 
 
 async def test_a_missing_documents_table_fails_start_up_by_name(

@@ -147,6 +147,7 @@ async def test_refusals_name_their_reason_and_store_nothing(
     good = {"userId": "u1"}
     cases = [
         (parse_path(document_id), good, {}, 401, "missing or wrong bearer token"),
+        (parse_path("not-a-uuid"), ["bad"], {}, 401, "missing"),  # the token comes first
         (parse_path(document_id), good, {"Authorization": "Bearer wrong"}, 401, "missing"),
         (parse_path(document_id), good, {"Authorization": TOKEN}, 401, "missing"),
         (parse_path(uuid.uuid4()), good, AUTH, 404, "does not exist"),
@@ -162,6 +163,14 @@ async def test_refusals_name_their_reason_and_store_nothing(
     for path, body, headers, status, detail in cases:
         answer = await client.post(path, json=body, headers=headers)
         assert (answer.status_code, detail in answer.text) == (status, True), (path, answer.text)
+    lone_surrogate = await client.post(  # JSON can carry one; the answer must not echo it
+        parse_path(document_id),
+        content=b'{"userId": "\\ud800"}',
+        headers={**AUTH, "content-type": "application/json"},
+    )
+    assert lone_surrogate.status_code == 422 and "ud800" not in lone_surrogate.text
+    for headers, status in (({}, 401), (AUTH, 200)):
+        assert (await client.get("/internal/ping", headers=headers)).status_code == status
     undecodable = await client.post(
         parse_path(document_id),
         content=b"{not json",
@@ -170,6 +179,29 @@ async def test_refusals_name_their_reason_and_store_nothing(
     assert undecodable.status_code == 422
     async with db.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM document_chunks")) == 0
+
+
+async def test_a_document_too_slow_to_extract_is_refused_and_the_sidecar_stays_up(
+    db: AsyncEngine, database_url: str, tmp_path: Path
+) -> None:
+    process, url = start(database_url, tmp_path / "s.log", PARSE_TIMEOUT_SECONDS="2")
+    # The standard HTML parser is quadratic on this (minutes for these 400 KB).
+    slow = await add(db, b"<a" * 200_000, "text/html")
+    fine = await add(db, b"<p>fine</p>", "text/html")
+    try:
+        process.wait_http(f"{url}/healthz")
+        async with httpx.AsyncClient(base_url=url, timeout=10, headers=AUTH) as http:
+            refused = await http.post(parse_path(slow), json={"userId": "u1"})
+            health = await http.get("/healthz")
+            parsed = await http.post(parse_path(fine), json={"userId": "u1"})
+        assert refused.status_code == 422
+        assert refused.json()["detail"] == (
+            "extracting the text took longer than PARSE_TIMEOUT_SECONDS (2 s)"
+        )
+        assert health.status_code == 200 and parsed.status_code == 200
+        assert await stored(db, slow) == [] and (await stored(db, fine))[0][1] == "fine"
+    finally:
+        process.stop()
 
 
 async def test_an_unreachable_database_answers_503_with_retry_after(tmp_path: Path) -> None:

@@ -9,11 +9,12 @@
    of ``SIDECAR_TIMEOUT_SECONDS`` (the worker's heartbeat keeps the lease meanwhile);
 3. ``processed`` and the message ``published``.
 
-Failures: a timeout, a dropped connection, 5xx or 429 (its ``Retry-After`` honoured) is
-retried with backoff; any other 4xx, a malformed payload or an unknown ``document.*`` type
-is final at once. When a message is given up, the document becomes ``failed`` with the
-reason and the message ``dead``. The sidecar being unreachable counts attempts like any
-transient failure but never takes the last one: the batch is handed back uncounted and the
+Failures: a timeout, a dropped connection, 5xx or 429 is retried with backoff (never
+sooner than the sidecar's ``Retry-After``); any other 4xx, a malformed payload or an
+unknown ``document.*`` type is final at once. When a message is given up, the document
+becomes ``failed`` with the reason and the message ``dead``. An outage (the sidecar
+unreachable, answering 503, or refusing our token with 401) counts attempts like any
+transient failure but never takes the last one: that batch is handed back uncounted and the
 worker pauses until the sidecar answers. ``RETRY_TRANSIENT_FAILURES=false`` is the source
 system's MVP policy: every failure is final.
 """
@@ -29,16 +30,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     StrictInt,
     ValidationError,
     model_validator,
 )
 
+from outbox.dburl import redacted_url
 from outbox.handler import GiveUpError, PerMessage, RetryLaterError, TransportUnavailable
 from outbox.messages import ClaimedMessage
 from outbox.runner import run_worker_process
-from outbox.settings import WorkerSettings
+from outbox.settings import BearerToken, WorkerSettings
 from workers.document_schema import DocumentStatus
 from workers.document_status import DocumentColumns, DocumentStatusStore, database_unavailable
 from workers.sidecar_client import (
@@ -60,12 +61,6 @@ def _http_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _long_enough(token: SecretStr) -> SecretStr:
-    if len(token.get_secret_value()) < 8:
-        raise ValueError("must be at least 8 characters")
-    return token
-
-
 class DocumentSettings(WorkerSettings):
     """:class:`~outbox.settings.WorkerSettings` plus the sidecar and the documents table."""
 
@@ -73,7 +68,7 @@ class DocumentSettings(WorkerSettings):
         validation_alias=AliasChoices("sidecar_base_url", "document_sidecar_base_url")
     )
     """``SIDECAR_BASE_URL`` or ``DOCUMENT_SIDECAR_BASE_URL`` (as in the source system)."""
-    sidecar_token: Annotated[SecretStr, AfterValidator(_long_enough)]
+    sidecar_token: BearerToken
     """Sent as ``Authorization: Bearer ...``; the sidecar's ``SIDECAR_TOKEN``."""
     sidecar_timeout_seconds: float = Field(60.0, gt=0, le=86_400)
     """Longest one parse call may take (then it is retried)."""
@@ -139,7 +134,8 @@ class DocumentPreprocessor:
 
     def __init__(self, settings: DocumentSettings) -> None:
         self.settings = settings
-        self.name = f"sidecar at {settings.sidecar_base_url}"
+        self.backoff = settings.backoff()
+        self.name = f"sidecar at {redacted_url(settings.sidecar_base_url)}"
         self.sidecar = SidecarClient(
             settings.sidecar_base_url,
             token=settings.sidecar_token.get_secret_value(),
@@ -156,7 +152,7 @@ class DocumentPreprocessor:
 
     async def check(self) -> None:
         await self.documents.check()
-        await self.sidecar.health()
+        await self.sidecar.check()
 
     async def aclose(self) -> None:
         await self.sidecar.aclose()
@@ -187,12 +183,18 @@ class DocumentPreprocessor:
                 if not self.settings.retry_transient_failures:
                     await self._give_up(payload.documentId, str(exc))
                 raise TransportUnavailable(str(exc)) from exc  # an outage never kills
-            raise RetryLaterError(str(exc)) from exc
+            raise RetryLaterError(str(exc), self._delay(message, exc)) from exc
         except SidecarTransientError as exc:
             if self._final(message):
                 await self._give_up(payload.documentId, self._final_reason(message, str(exc)))
-            raise RetryLaterError(str(exc), exc.retry_after) from exc
+            raise RetryLaterError(str(exc), self._delay(message, exc)) from exc
         await self._set(payload.documentId, DocumentStatus.PROCESSED)
+
+    def _delay(self, message: ClaimedMessage, exc: SidecarTransientError) -> float | None:
+        """The backoff delay, or the sidecar's ``Retry-After`` when that is longer."""
+        if exc.retry_after is None:
+            return None  # the runtime applies the backoff policy
+        return max(exc.retry_after, self.backoff(message.attempts, message.type))
 
     def _final(self, message: ClaimedMessage) -> bool:
         """Whether a failure now is the message's last (no retry follows)."""

@@ -56,6 +56,8 @@ class DocumentColumns:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first name that is not a plain identifier."""
+        if not (self.table and self.id and self.status):
+            raise ValueError("the table, id column and status column must be named")
         for part in self.table.split("."):
             _quoted(part)
         if self.table.count(".") > 1:

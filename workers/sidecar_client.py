@@ -2,12 +2,15 @@
 
 :meth:`SidecarClient.parse` returns the sidecar's JSON summary or raises one of:
 
-* :class:`SidecarUnreachable` -- no request reached it (connection refused, DNS, connect
-  timeout): an outage.
+* :class:`SidecarUnreachable` -- an outage, nothing wrong with the document: no request
+  reached it (connection refused, DNS, connect timeout), it answered 503 (its own
+  dependency is down), or 401 (our token is not the one it expects).
 * :class:`SidecarTransientError` -- it may work later: a timeout after the request was sent,
-  a dropped connection, 5xx, 429; ``retry_after`` carries a ``Retry-After`` answer.
-* :class:`SidecarRejected` -- it never will: any other 4xx (or an unexpected answer); the
-  message carries the status and the sidecar's ``detail``.
+  a dropped connection, other 5xx, 429, or an unexpected 1xx/3xx.
+* :class:`SidecarRejected` -- it never will: any other 4xx; the message carries the status
+  and the sidecar's ``detail``.
+
+Both retryable kinds carry ``retry_after``, the sidecar's ``Retry-After`` in seconds, if any.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 
 import anyio
 import httpx
+
+from outbox.dburl import redacted_url
 
 __all__ = [
     "SidecarClient",
@@ -37,16 +42,16 @@ class SidecarError(Exception):
     """Base of the failures below; ``str()`` is the reason stored with the message."""
 
 
-class SidecarUnreachable(SidecarError):
-    """Nothing reached the sidecar."""
-
-
 class SidecarTransientError(SidecarError):
     """Worth retrying; ``retry_after`` is the sidecar's own hint in seconds, if it gave one."""
 
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+class SidecarUnreachable(SidecarTransientError):
+    """The sidecar (or what it depends on) is down, or refuses our token: an outage."""
 
 
 class SidecarRejected(SidecarError):
@@ -91,6 +96,8 @@ class SidecarClient:
 
     def __init__(self, base_url: str, *, token: str, timeout: float, max_connections: int) -> None:
         self.base_url = base_url.rstrip("/")
+        self.shown_url = redacted_url(self.base_url)
+        """The base URL without its password, for logs and stored errors."""
         self.timeout = timeout
         self.http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -99,12 +106,18 @@ class SidecarClient:
             limits=httpx.Limits(max_connections=max_connections),
         )
 
-    async def health(self) -> None:
-        """Raise unless ``GET /healthz`` answers 200 within the timeout."""
-        with anyio.fail_after(self.timeout):
-            response = await self.http.get("/healthz")
-        if response.status_code != 200:
-            raise RuntimeError(f"GET /healthz answered {response.status_code}: {_detail(response)}")
+    async def check(self) -> None:
+        """Raise unless the sidecar is healthy (``GET /healthz``) and takes our token
+        (``GET /internal/ping``), each within the timeout."""
+        for path in ("/healthz", "/internal/ping"):
+            with anyio.fail_after(self.timeout):
+                response = await self.http.get(path)
+            if response.status_code == 401:
+                raise RuntimeError("it refuses SIDECAR_TOKEN (401): the two sides differ")
+            if response.status_code != 200:
+                raise RuntimeError(
+                    f"GET {path} answered {response.status_code}: {_detail(response)}"
+                )
 
     async def parse(
         self, document_id: uuid.UUID, user_id: str | int, *, idempotency_key: str
@@ -118,13 +131,13 @@ class SidecarClient:
                 )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise SidecarUnreachable(
-                f"sidecar unreachable at {self.base_url}: {exc or type(exc).__name__}"
+                f"sidecar unreachable at {self.shown_url}: {str(exc) or type(exc).__name__}"
             ) from exc
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise SidecarTransientError(f"sidecar timed out after {self.timeout:g}s") from exc
         except httpx.TransportError as exc:
             raise SidecarTransientError(
-                f"sidecar connection failed: {exc or type(exc).__name__}"
+                f"sidecar connection failed: {str(exc) or type(exc).__name__}"
             ) from exc
         status = response.status_code
         if response.is_success:
@@ -134,8 +147,10 @@ class SidecarClient:
                 summary = None
             return summary if isinstance(summary, dict) else {}
         answer = f"sidecar answered {status} {response.reason_phrase}: {_detail(response)}"
-        if status == 429 or status >= 500:
-            delay = retry_after_seconds(response.headers.get("Retry-After"))
+        delay = retry_after_seconds(response.headers.get("Retry-After"))
+        if status in (401, 503):
+            raise SidecarUnreachable(answer, delay)
+        if status == 429 or status >= 500 or status < 400:
             raise SidecarTransientError(answer, delay)
         raise SidecarRejected(answer)
 
