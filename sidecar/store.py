@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
 from sidecar.chunking import Chunk
 
 __all__ = ["StoredDocument", "load", "replace_chunks"]
@@ -36,17 +38,18 @@ async def replace_chunks(conn: Any, document_id: uuid.UUID, chunks: Sequence[Chu
     """
     key = str(document_id)
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", key)
-    if await conn.fetchval("SELECT 1 FROM documents WHERE id = $1", document_id) is None:
-        return False
     await conn.execute("DELETE FROM document_chunks WHERE document_id = $1", document_id)
-    await conn.execute(
-        "INSERT INTO document_chunks (document_id, ordinal, text, char_start, char_end)"
-        " SELECT $1, c.ordinal - 1, c.text, c.char_start, c.char_end"
-        " FROM unnest($2::text[], $3::int[], $4::int[]) WITH ORDINALITY"
-        " AS c(text, char_start, char_end, ordinal)",
-        document_id,
-        [c.text for c in chunks],
-        [c.start for c in chunks],
-        [c.end for c in chunks],
-    )
+    try:
+        await conn.execute(
+            "INSERT INTO document_chunks (document_id, ordinal, text, char_start, char_end)"
+            " SELECT $1, c.ordinal - 1, c.text, c.char_start, c.char_end"
+            " FROM unnest($2::text[], $3::int[], $4::int[]) WITH ORDINALITY"
+            " AS c(text, char_start, char_end, ordinal)",
+            document_id,
+            [c.text for c in chunks],
+            [c.start for c in chunks],
+            [c.end for c in chunks],
+        )
+    except asyncpg.ForeignKeyViolationError:  # the document was deleted meanwhile
+        return False
     return True
