@@ -36,7 +36,7 @@ from pydantic import (
 )
 
 from outbox.dburl import redacted_url
-from outbox.handler import GiveUpError, PerMessage, RetryLaterError, TransportUnavailable
+from outbox.handler import GiveUpError, PerMessage, RetryLaterError, TransportUnavailable, describe
 from outbox.messages import ClaimedMessage
 from outbox.runner import run_worker_process
 from outbox.settings import BearerToken, WorkerSettings
@@ -188,6 +188,11 @@ class DocumentPreprocessor:
             if self._final(message):
                 await self._give_up(payload.documentId, self._final_reason(message, str(exc)))
             raise RetryLaterError(str(exc), self._delay(message, exc)) from exc
+        except Exception as exc:  # unforeseen (a bad answer body, ...): retried, or final
+            if self._final(message):
+                reason = self._final_reason(message, describe(exc))
+                await self._give_up(payload.documentId, reason)
+            raise
         await self._set(payload.documentId, DocumentStatus.PROCESSED)
 
     def _delay(self, message: ClaimedMessage, exc: SidecarTransientError) -> float | None:
