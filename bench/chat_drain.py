@@ -41,7 +41,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import signal
 import statistics
@@ -56,6 +55,7 @@ from typing import Any
 import asyncpg
 import orjson
 import redis.asyncio as aioredis
+from measure import cpu_seconds, percentile, wait_drained
 from scratch import run_with_scratch_database
 
 from outbox.dburl import libpq_dsn
@@ -63,7 +63,6 @@ from outbox.devservers import local_services
 
 CHANNEL_PREFIX = "chat:message:bench-"
 REPO = Path(__file__).resolve().parent.parent
-POLL_SECONDS = 0.02
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 RAW_LATENCY_POLL_MS = 10
@@ -75,10 +74,6 @@ LOAD_BACKLOG = """
 """
 # Both subqueries are answered from the partial indexes (status = 'pending' / 'in_progress')
 # when sequential scans are off on the polling connection: cheap enough to run every 20 ms.
-DRAINED = """
-    SELECT NOT EXISTS (SELECT 1 FROM outbox WHERE status = 'pending')
-       AND NOT EXISTS (SELECT 1 FROM outbox WHERE status = 'in_progress')
-"""
 STATUS_COUNTS = "SELECT status, count(*) FROM outbox GROUP BY status ORDER BY status"
 PRODUCE = """
     INSERT INTO outbox (type, key, payload) VALUES ('message.created', $1, $2::jsonb)
@@ -321,16 +316,6 @@ BENCH_BACKENDS = """
 """
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live local process (Linux ``/proc``); 0 once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()  # fields[0] is the state, field 3 of stat(5)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class CpuMeter:
     """CPU the children and their PostgreSQL backends used since :meth:`start`."""
@@ -488,16 +473,6 @@ async def hold_table(url: str) -> tuple[Any, Any]:
     return gate, transaction
 
 
-async def wait_drained(db: Any, within: float) -> float | None:
-    """perf_counter() when no row is pending or in progress; None after ``within`` s."""
-    deadline = time.perf_counter() + within
-    while time.perf_counter() < deadline:
-        if await db.fetchval(DRAINED):
-            return time.perf_counter()
-        await asyncio.sleep(POLL_SECONDS)
-    return None
-
-
 async def start_variant(b: Bench, variant: Variant, batch: int) -> list[Child]:
     names = [f"bench-{variant.kind}-{i + 1}" for i in range(variant.processes)]
     if variant.kind == "raw":
@@ -621,12 +596,6 @@ async def produce(url: str, rate: float, seconds: float) -> tuple[dict[int, floa
     finally:
         await conn.close()
     return committed, achieved
-
-
-def percentile(ordered: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending, non-empty sequence."""
-    rank = max(1, math.ceil(len(ordered) * p / 100))
-    return ordered[rank - 1]
 
 
 def latency_figures(committed: dict[int, float], seen: dict[int, float]) -> str:

@@ -53,7 +53,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import platform
 import random
@@ -70,6 +69,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from measure import cpu_seconds, percentile, wait_drained
 from scratch import run_with_scratch_database
 
 from outbox.dburl import libpq_dsn
@@ -77,7 +77,6 @@ from outbox.pgpool import create_pool
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-sidecar-token"
-POLL_SECONDS = 0.02
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 USERS = 40  # documents are spread over this many user ids
@@ -103,11 +102,6 @@ DOCUMENT_IDS = "SELECT id, user_id FROM documents ORDER BY title"
 SET_STATUS = """
     UPDATE "documents" SET "processing_status" = $2, "processing_error" = $3,
         "updated_at" = now() WHERE "id" = $1 RETURNING 1
-"""
-# Both subqueries are answered from the partial indexes when sequential scans are off.
-DRAINED = """
-    SELECT NOT EXISTS (SELECT 1 FROM outbox WHERE status = 'pending')
-       AND NOT EXISTS (SELECT 1 FROM outbox WHERE status = 'in_progress')
 """
 OUTBOX_COUNTS = "SELECT status, count(*) FROM outbox GROUP BY status ORDER BY status"
 OUTCOME = """
@@ -427,16 +421,6 @@ async def start_sidecar(url: str, log_path: Path) -> Sidecar:
 # -- CPU time ----------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live local process (Linux ``/proc``); 0 once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()  # fields[0] is the state, field 3 of stat(5)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class CpuMeter:
     """CPU seconds since :meth:`start` of the client process, the sidecar and the scratch
@@ -512,16 +496,6 @@ async def reset_state(db: Any, *, enqueue: bool) -> None:
     if enqueue:
         await db.execute(ENQUEUE_ALL)
     await db.execute("VACUUM (ANALYZE) documents, document_chunks, outbox")
-
-
-async def wait_drained(db: Any, within: float) -> float | None:
-    """perf_counter() when no row is pending or in progress; None after ``within`` s."""
-    deadline = time.perf_counter() + within
-    while time.perf_counter() < deadline:
-        if await db.fetchval(DRAINED):
-            return time.perf_counter()
-        await asyncio.sleep(POLL_SECONDS)
-    return None
 
 
 async def finish_run(
@@ -682,12 +656,6 @@ async def produce(url: str, rate: float, seconds: float, kb: float) -> tuple[int
     finally:
         await conn.close()
     return total, achieved
-
-
-def percentile(ordered: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending, non-empty sequence."""
-    rank = max(1, math.ceil(len(ordered) * p / 100))
-    return ordered[rank - 1]
 
 
 async def latency_section(b: Bench, rate: float, seconds: float, kb: float) -> None:
