@@ -55,6 +55,7 @@ from typing import Any
 import asyncpg
 import orjson
 import redis.asyncio as aioredis
+from children import Child, read_lines
 from measure import cpu_seconds, percentile, wait_drained
 from scratch import run_with_scratch_database
 
@@ -166,31 +167,6 @@ class Bench:
     subscriber: Subscriber
 
 
-@dataclass
-class Child:
-    """A worker or raw-loop process, its ready signal and everything it wrote to stderr."""
-
-    name: str
-    proc: asyncio.subprocess.Process
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    lines: list[str] = field(default_factory=list)
-    readers: list[asyncio.Task[None]] = field(default_factory=list)
-    stop_seconds: float | None = None
-
-
-async def _read_lines(
-    child: Child, stream: Any, *, marker: str | None = None, keep: bool = True
-) -> None:
-    """Keep ``stream`` drained; set ``child.ready`` at the first line containing ``marker``;
-    with ``keep``, store the lines for the report."""
-    async for raw in stream:
-        line = raw.decode(errors="replace").rstrip()
-        if marker is not None and not child.ready.is_set() and marker in line:
-            child.ready.set()
-        if keep:
-            child.lines.append(line)
-
-
 def worker_env(b: Bench, batch: int, worker_id: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.upper() != "CONCURRENCY"}
     env.update(
@@ -217,7 +193,7 @@ async def start_worker(env: dict[str, str], name: str) -> Child:
         stderr=asyncio.subprocess.PIPE,
     )
     child = Child(name, proc)
-    ready = _read_lines(child, proc.stderr, marker='"worker.ready"')
+    ready = read_lines(child, proc.stderr, marker='"worker.ready"')
     child.readers.append(asyncio.create_task(ready))
     return child
 
@@ -233,9 +209,9 @@ async def start_raw(b: Bench, batch: int, name: str, poll_ms: int = 1000) -> Chi
         stderr=asyncio.subprocess.PIPE,
     )
     child = Child(name, proc)
-    ready = _read_lines(child, proc.stdout, marker="ready", keep=False)
+    ready = read_lines(child, proc.stdout, marker="ready", keep=False)
     child.readers.append(asyncio.create_task(ready))
-    child.readers.append(asyncio.create_task(_read_lines(child, proc.stderr)))
+    child.readers.append(asyncio.create_task(read_lines(child, proc.stderr)))
     return child
 
 

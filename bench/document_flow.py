@@ -69,6 +69,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from children import Child, read_lines
 from measure import cpu_seconds, percentile, wait_drained
 from scratch import run_with_scratch_database
 
@@ -244,26 +245,6 @@ PROBLEMS: list[str] = []
 EXPECTED_WORKER_EVENTS = {"worker.ready", "signal.received", "worker.stopping", "worker.stopped"}
 
 
-@dataclass
-class Child:
-    """A worker process, its ready signal and everything it wrote to stderr."""
-
-    name: str
-    proc: asyncio.subprocess.Process
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    lines: list[str] = field(default_factory=list)
-    readers: list[asyncio.Task[None]] = field(default_factory=list)
-    stop_seconds: float | None = None
-
-
-async def _read_lines(child: Child, stream: Any) -> None:
-    async for raw in stream:
-        line = raw.decode(errors="replace").rstrip()
-        if not child.ready.is_set() and '"worker.ready"' in line:
-            child.ready.set()
-        child.lines.append(line)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -292,7 +273,9 @@ async def start_worker(url: str, sidecar: Sidecar, name: str, **extra: str) -> C
     )
     STARTED.append(proc)
     child = Child(name, proc)
-    child.readers.append(asyncio.create_task(_read_lines(child, proc.stderr)))
+    child.readers.append(
+        asyncio.create_task(read_lines(child, proc.stderr, marker='"worker.ready"'))
+    )
     return child
 
 
