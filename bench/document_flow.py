@@ -21,10 +21,10 @@ migrated with the reference ``documents`` / ``document_chunks`` tables. One side
      wait), so it gets no head start; the clock starts when the lock is released and stops
      when no outbox row is ``pending`` or ``in_progress`` (polled every 20 ms).
    * **direct**: no outbox at all. The bench itself, with 2 x batch concurrent lanes, does
-     what the worker's handler does per document: ``UPDATE`` status ``processing`` (the
-     worker's statement, on one asyncpg pool of the worker's size, min(2 x batch, 10)),
-     ``POST /internal/documents/{id}/parse`` (one ``httpx.AsyncClient``, as many
-     connections as lanes, same headers), ``UPDATE`` status ``processed``. The clock runs
+     what the worker's handler does per document, with the worker's own pieces: status
+     ``processing`` (``workers.document_status.DocumentStatusStore``, a pool of the
+     worker's size, min(2 x batch, 10)), the parse call (``workers.sidecar_client
+     .SidecarClient``, as many connections as lanes), status ``processed``. The clock runs
      from the first call to the last answer. This is what the sidecar itself can do, the
      baseline the worker is compared with.
 
@@ -57,7 +57,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -74,7 +73,10 @@ from measure import cpu_seconds, percentile, wait_drained
 from scratch import run_with_scratch_database
 
 from outbox.dburl import libpq_dsn
-from outbox.pgpool import create_pool
+from outbox.devservers import free_port
+from workers.document_schema import DocumentStatus
+from workers.document_status import DocumentColumns, DocumentStatusStore
+from workers.sidecar_client import SidecarClient, SidecarError
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-sidecar-token"
@@ -99,11 +101,6 @@ ENQUEUE_ALL = """
     FROM documents ORDER BY title
 """
 DOCUMENT_IDS = "SELECT id, user_id FROM documents ORDER BY title"
-# The worker's status statement (workers.document_status with the default columns).
-SET_STATUS = """
-    UPDATE "documents" SET "processing_status" = $2, "processing_error" = $3,
-        "updated_at" = now() WHERE "id" = $1 RETURNING 1
-"""
 OUTBOX_COUNTS = "SELECT status, count(*) FROM outbox GROUP BY status ORDER BY status"
 OUTCOME = """
     SELECT (SELECT count(*) FROM documents WHERE processing_status = 'processed'),
@@ -243,13 +240,6 @@ def markdown_document(index: int, size: int) -> str:
 STARTED: list[asyncio.subprocess.Process] = []  # every child, to stop whatever happens
 PROBLEMS: list[str] = []
 EXPECTED_WORKER_EVENTS = {"worker.ready", "signal.received", "worker.stopping", "worker.stopped"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def base_env(url: str) -> dict[str, str]:
@@ -532,33 +522,28 @@ async def direct_once(b: Bench, run: str) -> DrainRun:
     documents = [(row["id"], row["user_id"]) for row in await b.db.fetch(DOCUMENT_IDS)]
     log = b.sidecar.log_offset()
     failures: list[str] = []
-    pool = await create_pool(
-        b.url, max_size=min(b.concurrency, 10), application_name="bench direct"
+    # The worker's own pieces, without the outbox: its status store and sidecar client.
+    store = DocumentStatusStore(
+        b.url, DocumentColumns(), max_connections=min(b.concurrency, 10), timeout=30.0
     )
-    client = httpx.AsyncClient(
-        base_url=b.sidecar.base_url,
-        headers={"Authorization": f"Bearer {TOKEN}"},
-        timeout=httpx.Timeout(60.0, connect=5.0),
-        limits=httpx.Limits(max_connections=b.concurrency),
+    client = SidecarClient(
+        b.sidecar.base_url, token=TOKEN, timeout=60.0, max_connections=b.concurrency
     )
     queue = iter(enumerate(documents))  # shared by the lanes (next() never awaits)
 
     async def lane() -> None:
         for n, (document_id, user_id) in queue:
-            await pool.fetchval(SET_STATUS, document_id, "processing", None)
-            response = await client.post(
-                f"/internal/documents/{document_id}/parse",
-                json={"userId": user_id},
-                headers={"Idempotency-Key": str(n + 1)},
-            )
-            if not response.is_success:
-                failures.append(f"{document_id}: {response.status_code} {response.text[:200]}")
+            await store.set_status(document_id, DocumentStatus.PROCESSING)
+            try:
+                await client.parse(document_id, user_id, idempotency_key=str(n + 1))
+            except SidecarError as exc:
+                failures.append(f"{document_id}: {exc}")
                 continue
-            await pool.fetchval(SET_STATUS, document_id, "processed", None)
+            await store.set_status(document_id, DocumentStatus.PROCESSED)
 
     try:
-        (await client.get("/healthz")).raise_for_status()  # as the worker's start-up check
-        await pool.fetchval("SELECT 1")
+        await client.check()  # as the worker's start-up check
+        await store.check()
         cpu = CpuMeter(os.getpid(), b.sidecar.proc.pid)
         await cpu.start(b.db)
         started = time.perf_counter()
@@ -567,7 +552,7 @@ async def direct_once(b: Bench, run: str) -> DrainRun:
         used = await cpu.read(b.db)
     finally:
         await client.aclose()
-        await pool.close()
+        await store.aclose()
     PROBLEMS.extend(f"{run}: {failure}" for failure in failures[:10])
     if len(failures) > 10:
         PROBLEMS.append(f"{run}: ... {len(failures) - 10} more failed calls")

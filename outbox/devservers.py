@@ -44,6 +44,7 @@ from typing import Any
 
 __all__ = [
     "LocalServices",
+    "free_port",
     "local_services",
     "start_throwaway",
     "stop_throwaway",
@@ -326,7 +327,7 @@ def _start_on_free_port(
     A free port can be taken by someone else between our probe and the server's bind.
     """
     for attempt in range(1, _PORT_ATTEMPTS + 1):
-        port = _free_port()
+        port = free_port()
         process = launch(port)
         try:
             wait_ready(process, port)
@@ -481,7 +482,8 @@ def _wait_for_redis(port: int, process: subprocess.Popen[bytes]) -> None:
 # -- shared --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -14,7 +14,22 @@ import asyncpg
 
 from outbox.dburl import libpq_dsn
 
-__all__ = ["connect", "create_pool"]
+__all__ = ["UNREACHABLE_ERRORS", "connect", "create_pool", "is_unreachable"]
+
+UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+)
+"""What asyncpg raises when PostgreSQL is unreachable or hung (``command_timeout``), as
+opposed to rejecting a statement: no connection, a dropped one, a server shutting down."""
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` means PostgreSQL is unreachable now (see :data:`UNREACHABLE_ERRORS`)."""
+    return isinstance(exc, UNREACHABLE_ERRORS)
 
 
 async def _set_codecs(conn: Any) -> None:

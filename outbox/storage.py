@@ -54,6 +54,7 @@ __all__ = [
     "reap_statement",
     "release",
     "reschedule",
+    "storable_error",
 ]
 
 _default_backoff = ExponentialBackoff()
@@ -290,9 +291,15 @@ def _error_for(message: ClaimedMessage, error: str | Mapping[int, str]) -> str:
         raise InvalidArgumentError(f"error: no entry for message {message.id}")
     if not isinstance(text, str):
         raise InvalidArgumentError(f"error for message {message.id} must be text, got {text!r}")
+    return storable_error(text)
+
+
+def storable_error(text: str) -> str:
+    """``text`` as an ``error`` column holds it: at most ``MAX_ERROR_LENGTH`` characters
+    (cut with "…"), without NUL or lone surrogates (from undecodable bytes), which
+    PostgreSQL text cannot store."""
     if len(text) > MAX_ERROR_LENGTH:
         text = text[: MAX_ERROR_LENGTH - 1] + "…"
-    # NUL and lone surrogates (from undecodable bytes) cannot be stored as text.
     return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 

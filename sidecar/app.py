@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from outbox.errors import ConfigurationError
 from outbox.logs import log_event
-from outbox.pgpool import create_pool
+from outbox.pgpool import UNREACHABLE_ERRORS, create_pool
 from outbox.settings import load_settings
 from sidecar.extract import UnreadableDocumentError, media_type
 from sidecar.parsing import parse
@@ -46,15 +46,6 @@ from sidecar.store import load, replace_chunks
 __all__ = ["ParseRequest", "ParseSummary", "app", "create_app"]
 
 log = logging.getLogger("sidecar")
-
-DATABASE_DOWN = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.OperatorInterventionError,
-)
-"""Errors that mean "the database is unreachable right now" (answered with 503)."""
 
 
 class ParseRequest(BaseModel):
@@ -156,7 +147,7 @@ async def healthz(request: Request) -> JSONResponse:
     try:
         with anyio.fail_after(2):
             await request.app.state.pool.fetchval("SELECT 1")
-    except (*DATABASE_DOWN, asyncpg.PostgresError) as exc:
+    except (*UNREACHABLE_ERRORS, asyncpg.PostgresError) as exc:
         return JSONResponse({"status": "unavailable", "error": f"database: {exc}"}, 503)
     return JSONResponse({"status": "ok"})
 
@@ -234,7 +225,7 @@ def create_app(settings: SidecarSettings | None = None) -> FastAPI:
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_middleware(BearerTokenGuard)
     handler: Any = _database_down
-    for error in DATABASE_DOWN:
+    for error in UNREACHABLE_ERRORS:
         app.add_exception_handler(error, handler)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     return app

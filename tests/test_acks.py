@@ -350,3 +350,12 @@ async def test_stats_counts_by_status_and_prefix(engine: AsyncEngine) -> None:
     }
     assert snapshot.oldest_claimable_age == 90.0
     assert (await stats(engine, now=at(-1))).oldest_claimable_age is None
+
+
+def test_storable_error_is_what_every_error_column_gets() -> None:
+    from outbox.constants import MAX_ERROR_LENGTH
+    from outbox.storage import storable_error
+
+    long = storable_error("a" * (MAX_ERROR_LENGTH + 10))
+    assert len(long) == MAX_ERROR_LENGTH and long.endswith("a…")
+    assert storable_error("x\x00y\ud800") == "xy?"

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from outbox import NewMessage, async_database_url, enqueue, enqueue_many
 from outbox.devservers import (
     LocalServices,
+    free_port,
     start_throwaway,
     stop_throwaway,
     throwaway_postgres,
@@ -27,7 +28,6 @@ from outbox.migrate import upgrade
 from outbox.runner import EXIT_BAD_SETTINGS, EXIT_UNREACHABLE
 from tests.workerproc import (
     WorkerProcess,
-    free_port,
     run_to_exit,
     subscribed,
     wait_until,

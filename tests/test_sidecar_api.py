@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.workerproc import WorkerProcess, free_port
+from outbox.devservers import free_port
+from tests.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.anyio
 

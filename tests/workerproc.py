@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,12 +22,6 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def wait_until(condition: Callable[[], Awaitable[object]], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -44,8 +37,12 @@ class WorkerProcess:
     Also runs the sidecar (``python -m sidecar``): see :meth:`wait_http`.
     """
 
-    def __init__(self, module: str, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self, module: str, env: Mapping[str, str], log_path: Path, *, port: int | None = None
+    ) -> None:
         self.log_path = log_path
+        self.port = port
+        """The port a server process (the sidecar) listens on."""
         full_env = {"PATH": os.environ.get("PATH", ""), "LOG_FORMAT": "json", **env}
         with log_path.open("ab") as log_file:
             self.process = subprocess.Popen(

@@ -38,10 +38,11 @@ from pydantic import (
 from outbox.dburl import redacted_url
 from outbox.handler import GiveUpError, PerMessage, RetryLaterError, TransportUnavailable, describe
 from outbox.messages import ClaimedMessage
+from outbox.pgpool import is_unreachable
 from outbox.runner import run_worker_process
 from outbox.settings import BearerToken, WorkerSettings
 from workers.document_schema import DocumentStatus
-from workers.document_status import DocumentColumns, DocumentStatusStore, database_unavailable
+from workers.document_status import DocumentColumns, DocumentStatusStore
 from workers.sidecar_client import (
     SidecarClient,
     SidecarRejected,
@@ -219,7 +220,7 @@ class DocumentPreprocessor:
         try:
             await self.documents.set_status(document_id, status, error)
         except Exception as exc:
-            if database_unavailable(exc):  # hand the batch back uncounted, pause
+            if is_unreachable(exc):  # hand the batch back uncounted, pause
                 raise TransportUnavailable(f"PostgreSQL (documents): {exc}") from exc
             raise
 

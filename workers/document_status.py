@@ -17,10 +17,10 @@ from typing import Any
 
 import asyncpg
 
-from outbox.constants import MAX_ERROR_LENGTH
 from outbox.pgpool import create_pool
+from outbox.storage import storable_error
 
-__all__ = ["IDENTIFIER", "DocumentColumns", "DocumentStatusStore", "database_unavailable"]
+__all__ = ["IDENTIFIER", "DocumentColumns", "DocumentStatusStore"]
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 """A plain SQL identifier (quoted in the statements, so case is kept)."""
@@ -30,18 +30,6 @@ def _quoted(name: str) -> str:
     if not IDENTIFIER.fullmatch(name):
         raise ValueError(f"not a plain SQL identifier: {name!r}")
     return f'"{name}"'
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """True for errors that mean PostgreSQL is unreachable now, not that a statement is bad."""
-    return isinstance(
-        exc,
-        OSError
-        | TimeoutError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.OperatorInterventionError,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +117,7 @@ class DocumentStatusStore:
     ) -> bool:
         """Set the document's status (and error, cleared when ``None``); False if no such row."""
         if error is not None:
-            error = error.replace("\x00", "")[:MAX_ERROR_LENGTH]
-            error = error.encode("utf-8", "replace").decode()  # no lone surrogates
+            error = storable_error(error)  # the same text the outbox row's error gets
         arguments: list[Any] = [document_id, status]
         if self.columns.error:
             arguments.append(error)
