@@ -18,6 +18,7 @@ Conventions shared by the templates:
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -25,28 +26,34 @@ from sqlalchemy import (
     ARRAY,
     BigInteger,
     ColumnElement,
+    CompoundSelect,
     DateTime,
     Float,
     Integer,
     Interval,
     Select,
     Text,
+    and_,
     bindparam,
     case,
     cast,
     column,
+    delete,
     false,
     func,
     literal,
     literal_column,
     null,
+    or_,
     select,
+    table,
     true,
+    tuple_,
     union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
-from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.sql.dml import Insert, ReturningDelete, Update
 from sqlalchemy.sql.elements import Grouping
 from sqlalchemy.sql.expression import CTE, ScalarSelect
 
@@ -56,18 +63,33 @@ from outbox.schema import outbox_table as t
 
 __all__ = [
     "CLAIMED_COLUMNS",
+    "COUNT_DEAD_BEFORE",
+    "COUNT_PUBLISHED_BEFORE",
+    "DATABASE_CLOCK",
+    "DEAD_COLUMNS",
     "ENQUEUE",
     "EXTEND_LEASE",
+    "LIVE_BY_PREFIX",
+    "LIVE_TOTALS",
     "MARK_DEAD",
     "MARK_PUBLISHED",
     "OLDEST_CLAIMABLE_AGE",
+    "PUBLISHED_IN_WINDOW",
+    "PURGE_DEAD",
+    "PURGE_PUBLISHED",
     "REAP",
     "RELEASE",
     "RESCHEDULE",
     "SELECT_BY_DEDUPE_KEY",
+    "STATUS_OF_IDS",
+    "TABLE_EXISTS",
     "TABLE_GAUGES",
     "claim",
     "counts_by_prefix_and_status",
+    "dead_batch",
+    "dead_newest_first",
+    "migration_revisions",
+    "retry_dead_batch",
 ]
 
 PENDING = literal_column(f"'{Status.PENDING.value}'", Text)
@@ -425,3 +447,198 @@ TABLE_GAUGES: Select[Any] = select(
 )
 """``(pending, in_progress, dead, oldest claimable age or NULL)``: each count reads only its
 status's partial index, never the published rows."""
+
+# -- operator commands (outbox.admin, the ``outbox`` CLI) ----------------------------------
+#
+# Dead rows are selected on ``ix_outbox_dead_created_at`` (there is no died-at column, so
+# ages are measured on ``created_at``): ``:created_before`` / ``:created_after`` bound the
+# range (``NULL``: unbounded), ``:ids`` (when the statement was built ``by_id``) names rows,
+# and a type prefix is a range of the "C"-collated ``type`` (see ``outbox.prefixes``).
+
+_TIMESTAMP = DateTime(timezone=True)
+_INFINITY = cast(literal_column("'infinity'"), _TIMESTAMP)
+_MINUS_INFINITY = cast(literal_column("'-infinity'"), _TIMESTAMP)
+
+DATABASE_CLOCK: Select[Any] = select(CLOCK)
+"""``:now`` if given, else the database clock: the one reference time of a command."""
+
+TABLE_EXISTS: Select[Any] = select(
+    func.to_regclass(bindparam("table_name", type_=Text)).isnot(None)
+)
+"""Whether ``:table_name`` resolves to a table on the search path."""
+
+
+@lru_cache(maxsize=8)
+def migration_revisions(version_table: str) -> Select[Any]:
+    """The revisions recorded in Alembic's ``version_table``, in name order."""
+    versions = table(version_table, column("version_num", Text))
+    return select(versions.c.version_num).order_by(versions.c.version_num)
+
+
+STATUS_OF_IDS: Select[Any] = select(t.c.id, t.c.status).where(
+    t.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger)))
+)
+"""``(id, status)`` of the rows among ``:ids`` that exist."""
+
+DEAD_COLUMNS = (t.c.id, t.c.type, t.c.key, t.c.attempts, t.c.created_at, t.c.error)
+
+
+def _in_ranges(ranges: tuple[TypeRange, ...]) -> ColumnElement[bool]:
+    """``type`` inside one of ``ranges`` (an empty tuple matches nothing)."""
+    alternatives = []
+    for low, high in ranges:
+        bounds = [t.c.type >= low] if low is not None else []
+        bounds += [t.c.type < high] if high is not None else []
+        alternatives.append(and_(true(), *bounds))
+    return or_(false(), *alternatives)
+
+
+def _dead(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> list[ColumnElement[bool]]:
+    """Dead rows inside ``(:created_after, :created_before)``, optionally among ``:ids`` and
+    inside the type ``ranges`` (``None``: every type)."""
+    created_before = bindparam("created_before", type_=_TIMESTAMP)
+    created_after = bindparam("created_after", type_=_TIMESTAMP)
+    conditions = [
+        t.c.status == DEAD,
+        t.c.created_at < func.coalesce(created_before, _INFINITY),
+        t.c.created_at > func.coalesce(created_after, _MINUS_INFINITY),
+    ]
+    if by_id:
+        conditions.append(t.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger))))
+    if ranges is not None:
+        conditions.append(_in_ranges(ranges))
+    return conditions
+
+
+@lru_cache(maxsize=64)
+def dead_newest_first(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> Select[Any]:
+    """Up to ``:limit`` selected dead rows, newest first (``created_at``, then ``id``,
+    descending). Returns :data:`DEAD_COLUMNS`."""
+    return (
+        select(*DEAD_COLUMNS)
+        .where(*_dead(by_id, ranges))
+        .order_by(t.c.created_at.desc(), t.c.id.desc())
+        .limit(_limit())
+    )
+
+
+def _dead_after_cursor(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> Select[Any]:
+    """The next ``:limit`` selected dead rows after the keyset cursor
+    ``(:cursor_created_at, :cursor_id)`` (``NULL``: from the start), oldest first."""
+    cursor_created_at = func.coalesce(
+        bindparam("cursor_created_at", type_=_TIMESTAMP), _MINUS_INFINITY
+    )
+    cursor_id = func.coalesce(bindparam("cursor_id", type_=BigInteger), 0)
+    return (
+        select(t.c.id, t.c.created_at)
+        .where(
+            *_dead(by_id, ranges),
+            # The first condition gives the index its range; the second is the exact cursor.
+            t.c.created_at >= cursor_created_at,
+            tuple_(t.c.created_at, t.c.id) > tuple_(cursor_created_at, cursor_id),
+        )
+        .order_by(t.c.created_at, t.c.id)
+        .limit(_limit())
+    )
+
+
+@lru_cache(maxsize=64)
+def dead_batch(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> Select[Any]:
+    """What :func:`retry_dead_batch` would take, without locking or changing anything.
+    Returns ``(id, created_at)``, oldest first."""
+    return _dead_after_cursor(by_id, ranges)
+
+
+@lru_cache(maxsize=64)
+def retry_dead_batch(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> Update:
+    """The next ``:limit`` selected dead rows after the cursor -> ``pending``, due at
+    ``now``, ``attempts = 0``, lease columns cleared; ``error`` keeps the last reason.
+
+    Rows another transaction holds are skipped (``FOR UPDATE SKIP LOCKED``). Returns
+    ``(id, created_at)`` of the changed rows (the caller advances its cursor to the
+    greatest).
+    """
+    chosen = _dead_after_cursor(by_id, ranges).with_for_update(skip_locked=True).cte("chosen")
+    return (
+        update(t)
+        .where(t.c.id == func.any(func.array(select(chosen.c.id).scalar_subquery())))
+        .values(status=PENDING, attempts=0, next_attempt_at=CLOCK, **LEASE_ENDED)
+        .returning(t.c.id, t.c.created_at)
+    )
+
+
+def _purge(status: ColumnElement[str], age_column: ColumnElement[datetime]) -> ReturningDelete[Any]:
+    oldest = (
+        select(t.c.id)
+        .where(t.c.status == status, age_column < bindparam("cutoff", type_=_TIMESTAMP))
+        .order_by(age_column)
+        .limit(_limit())
+        .with_for_update(skip_locked=True)
+        .cte("oldest")
+    )
+    return (
+        delete(t)
+        .where(t.c.id == func.any(func.array(select(oldest.c.id).scalar_subquery())))
+        .returning(t.c.id)
+    )
+
+
+PURGE_PUBLISHED: ReturningDelete[Any] = _purge(PUBLISHED, t.c.published_at)
+"""Delete up to ``:limit`` published rows with ``published_at < :cutoff``, oldest first,
+skipping locked rows (``ix_outbox_published_at``). Returns the deleted ids."""
+
+PURGE_DEAD: ReturningDelete[Any] = _purge(DEAD, t.c.created_at)
+"""Delete up to ``:limit`` dead rows with ``created_at < :cutoff``, oldest first, skipping
+locked rows (``ix_outbox_dead_created_at``). Returns the deleted ids."""
+
+COUNT_PUBLISHED_BEFORE: Select[Any] = (
+    select(func.count())
+    .select_from(t)
+    .where(t.c.status == PUBLISHED, t.c.published_at < bindparam("cutoff", type_=_TIMESTAMP))
+)
+"""How many rows :data:`PURGE_PUBLISHED` would delete in all (``:cutoff``)."""
+
+COUNT_DEAD_BEFORE: Select[Any] = (
+    select(func.count())
+    .select_from(t)
+    .where(t.c.status == DEAD, t.c.created_at < bindparam("cutoff", type_=_TIMESTAMP))
+)
+"""How many rows :data:`PURGE_DEAD` would delete in all (``:cutoff``)."""
+
+# ``outbox top``: each sample reads the partial indexes, the primary key's last entry and
+# the rows published inside the window ``(:since, :until]``; never the published history.
+
+LIVE_TOTALS: Select[Any] = select(
+    CLOCK,
+    select(func.max(t.c.id)).scalar_subquery(),
+    *TABLE_GAUGES.selected_columns,
+)
+"""``(now, max id or NULL, pending, in_progress, dead, oldest claimable age or NULL)``, one
+snapshot. ``max(id)`` is the primary key's last entry."""
+
+_IN_WINDOW = (
+    t.c.status == PUBLISHED,
+    t.c.published_at > bindparam("since", type_=_TIMESTAMP),
+    t.c.published_at <= bindparam("until", type_=_TIMESTAMP),
+)
+_LAG = t.c.published_at - t.c.created_at
+
+
+def _lag_percentile(fraction: float) -> ColumnElement[Any]:
+    percentile = func.percentile_cont(literal_column(repr(float(fraction)), Float))
+    return func.extract("epoch", percentile.within_group(_LAG))
+
+
+PUBLISHED_IN_WINDOW: Select[Any] = select(
+    func.count(), _lag_percentile(0.5), _lag_percentile(0.99)
+).where(*_IN_WINDOW)
+"""``(count, lag p50, lag p99)`` of the rows published in ``(:since, :until]``; the lag is
+``published_at - created_at`` in seconds (``NULL`` when none)."""
+
+LIVE_BY_PREFIX: CompoundSelect[Any] = union_all(
+    select(_prefix, PENDING, func.count()).where(t.c.status == PENDING).group_by(_prefix),
+    select(_prefix, IN_PROGRESS, func.count()).where(t.c.status == IN_PROGRESS).group_by(_prefix),
+    select(_prefix, PUBLISHED, func.count()).where(*_IN_WINDOW).group_by(_prefix),
+)
+"""``(type prefix, status, count)``: pending and in-progress rows, and rows published in
+``(:since, :until]``, per prefix. Each part reads only its status's partial index."""

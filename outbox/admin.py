@@ -1,0 +1,351 @@
+"""Operator operations on the outbox table: inspect, retry and purge dead rows, live samples.
+
+What the ``outbox`` CLI runs, usable from code too. Every call takes an
+:data:`~outbox._db.AsyncDB`. Batched operations (:func:`retry_dead`, :func:`purge`) run one
+short statement per batch; give them an engine, a pool or a connection outside a
+transaction, so that each batch commits on its own and no lock is held for long.
+
+**Time.** ``now=None`` uses the database clock, read once when the operation starts (the
+reference for every age and cutoff of that operation); pass a timezone-aware ``now`` to step
+time in tests. There is no died-at column: the age of a dead row is measured on its
+``created_at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from outbox import statements as sql
+from outbox._db import AsyncDB, fetch_all
+from outbox.errors import InvalidArgumentError
+from outbox.prefixes import TypeRange, type_ranges
+from outbox.schema import OUTBOX_TABLE_NAME, Status
+
+__all__ = [
+    "DeadFilter",
+    "DeadMessage",
+    "LiveSample",
+    "PrefixSample",
+    "PurgeTarget",
+    "RetryResult",
+    "database_now",
+    "list_dead",
+    "live_sample",
+    "migrated_revisions",
+    "outbox_table_exists",
+    "purge",
+    "retry_dead",
+]
+
+MAX_BATCH_SIZE = 100_000
+"""Largest batch (rows per statement) :func:`retry_dead` and :func:`purge` take."""
+
+BatchCallback = Callable[[int, int], None]
+"""Called after each batch with ``(rows in this batch, rows so far)``."""
+
+
+async def database_now(db: AsyncDB, *, now: datetime | None = None) -> datetime:
+    """``now`` if given (it must be timezone-aware), else the database clock."""
+    _check_now(now)
+    rows = await fetch_all(db, sql.DATABASE_CLOCK, {"now": now})
+    clock: datetime = rows[0][0]
+    return clock
+
+
+async def outbox_table_exists(db: AsyncDB) -> bool:
+    """Whether the ``outbox`` table exists on the connection's search path."""
+    rows = await fetch_all(db, sql.TABLE_EXISTS, {"table_name": OUTBOX_TABLE_NAME})
+    return bool(rows[0][0])
+
+
+async def migrated_revisions(db: AsyncDB) -> list[str]:
+    """The Alembic revisions the database is at (``outbox_alembic_version``), sorted; empty
+    when the outbox was never migrated standalone."""
+    from outbox.migrate import VERSION_TABLE  # here: importing Alembic takes a while
+
+    exists = await fetch_all(db, sql.TABLE_EXISTS, {"table_name": VERSION_TABLE})
+    if not exists[0][0]:
+        return []
+    return [row[0] for row in await fetch_all(db, sql.migration_revisions(VERSION_TABLE))]
+
+
+# -- dead rows -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeadFilter:
+    """Which dead rows an operation selects; the fields given combine with AND.
+
+    ``ids``: only these rows. ``type_prefix``: types starting with it, literally (``_`` and
+    ``%`` match only themselves). ``older_than`` / ``newer_than``: ``created_at`` before /
+    after ``now`` minus that much. An empty filter selects every dead row.
+    """
+
+    ids: tuple[int, ...] | None = None
+    type_prefix: str | None = None
+    older_than: timedelta | None = None
+    newer_than: timedelta | None = None
+
+    def _ranges(self) -> tuple[TypeRange, ...] | None:
+        ranges = type_ranges(self.type_prefix, None)
+        return None if ranges is None else tuple(ranges)
+
+    def _params(self, now: datetime) -> dict[str, Any]:
+        for name, age in (("older_than", self.older_than), ("newer_than", self.newer_than)):
+            if age is not None and age < timedelta(0):
+                raise InvalidArgumentError(f"{name} must not be negative, got {age}")
+        if self.ids is not None and any(isinstance(i, bool) or i < 1 for i in self.ids):
+            raise InvalidArgumentError("ids must be positive integers")
+        return {
+            "ids": None if self.ids is None else list(self.ids),
+            "created_before": None if self.older_than is None else now - self.older_than,
+            "created_after": None if self.newer_than is None else now - self.newer_than,
+        }
+
+
+@dataclass(frozen=True)
+class DeadMessage:
+    """A dead row as an operator sees it (``error``: the last reason, in full)."""
+
+    id: int
+    type: str
+    key: str | None
+    attempts: int
+    created_at: datetime
+    error: str | None
+
+
+async def list_dead(
+    db: AsyncDB, selection: DeadFilter, *, limit: int = 50, now: datetime | None = None
+) -> list[DeadMessage]:
+    """Up to ``limit`` selected dead rows, newest first (``created_at``, then ``id``,
+    descending). Read-only."""
+    _check_batch("limit", limit)
+    reference = await database_now(db, now=now)
+    statement = sql.dead_newest_first(selection.ids is not None, selection._ranges())
+    rows = await fetch_all(db, statement, {**selection._params(reference), "limit": limit})
+    return [DeadMessage(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class RetryResult:
+    """What :func:`retry_dead` did (or, ``dry_run``, would do).
+
+    ``retried``: how many rows went back to ``pending``. ``not_dead``: the named ids (of
+    ``DeadFilter.ids``) left alone because they are not dead, mapped to their status
+    (``None``: no such row). Named dead rows that the other selectors exclude are in
+    neither.
+    """
+
+    retried: int
+    not_dead: dict[int, Status | None] = field(default_factory=dict)
+
+
+async def retry_dead(
+    db: AsyncDB,
+    selection: DeadFilter,
+    *,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    on_batch: BatchCallback | None = None,
+) -> RetryResult:
+    """Selected dead rows -> ``pending``, due now, ``attempts = 0``, lease cleared; ``error``
+    keeps the last reason. An empty ``selection`` retries every dead row.
+
+    Runs in batches of ``batch_size``, each its own statement, walking a keyset cursor on
+    ``(created_at, id)`` that only moves forward, so a row is retried at most once per call
+    even if it dies again meanwhile. Only rows created before the call started are
+    selected, so the call ends however fast new rows die. Rows another transaction holds
+    are skipped. ``dry_run`` walks the same rows without locking or changing them.
+    """
+    _check_batch("batch_size", batch_size)
+    reference = await database_now(db, now=now)
+    params = selection._params(reference)
+    if params["created_before"] is None or params["created_before"] > reference:
+        params["created_before"] = reference
+    by_id, ranges = selection.ids is not None, selection._ranges()
+    statement = sql.dead_batch(by_id, ranges) if dry_run else sql.retry_dead_batch(by_id, ranges)
+    named = frozenset(selection.ids or ())
+    retried_named: set[int] = set()
+    total = 0
+    cursor: tuple[datetime | None, int | None] = (None, None)
+    while True:
+        batch_params = {
+            **params,
+            "now": reference,
+            "limit": batch_size,
+            "cursor_created_at": cursor[0],
+            "cursor_id": cursor[1],
+        }
+        rows = await fetch_all(db, statement, batch_params)
+        total += len(rows)
+        if rows:
+            cursor = max((created_at, id_) for id_, created_at in rows)
+            retried_named.update(id_ for id_, _ in rows if id_ in named)
+            if on_batch is not None:
+                on_batch(len(rows), total)
+        if len(rows) < batch_size:
+            break
+    not_dead = await _not_dead(db, sorted(named - retried_named))
+    return RetryResult(retried=total, not_dead=not_dead)
+
+
+async def _not_dead(db: AsyncDB, ids: Sequence[int]) -> dict[int, Status | None]:
+    """Those of ``ids`` that are not dead, with their status (``None``: no such row)."""
+    if not ids:
+        return {}
+    found = {
+        id_: Status(status)
+        for id_, status in await fetch_all(db, sql.STATUS_OF_IDS, {"ids": list(ids)})
+    }
+    return {i: found.get(i) for i in ids if found.get(i) != Status.DEAD}
+
+
+# -- purge ---------------------------------------------------------------------------------
+
+
+class PurgeTarget(StrEnum):
+    """Rows :func:`purge` deletes: ``published`` (aged by ``published_at``) or ``dead`` (aged
+    by ``created_at``)."""
+
+    PUBLISHED = "published"
+    DEAD = "dead"
+
+
+async def purge(
+    db: AsyncDB,
+    target: PurgeTarget,
+    *,
+    older_than: timedelta,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    on_batch: BatchCallback | None = None,
+) -> int:
+    """Delete ``target`` rows older than ``older_than``; return how many (``dry_run``: how
+    many would be, deleting nothing).
+
+    The cutoff (``now - older_than``) is fixed when the call starts. Each batch of
+    ``batch_size`` oldest rows is one statement (its own transaction on an engine or pool)
+    that skips rows other transactions hold, so no lock is held long; the call stops after a
+    batch deletes fewer than ``batch_size``.
+    """
+    _check_batch("batch_size", batch_size)
+    if older_than < timedelta(0):
+        raise InvalidArgumentError(f"older_than must not be negative, got {older_than}")
+    cutoff = await database_now(db, now=now) - older_than
+    published = PurgeTarget(target) is PurgeTarget.PUBLISHED
+    if dry_run:
+        count = sql.COUNT_PUBLISHED_BEFORE if published else sql.COUNT_DEAD_BEFORE
+        return int((await fetch_all(db, count, {"cutoff": cutoff}))[0][0])
+    statement = sql.PURGE_PUBLISHED if published else sql.PURGE_DEAD
+    total = 0
+    while True:
+        deleted = len(await fetch_all(db, statement, {"cutoff": cutoff, "limit": batch_size}))
+        total += deleted
+        if deleted and on_batch is not None:
+            on_batch(deleted, total)
+        if deleted < batch_size:
+            return total
+
+
+# -- live samples (``outbox top``) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrefixSample:
+    """One type prefix (see :func:`outbox.stats.type_prefix_of`) in a :class:`LiveSample`."""
+
+    pending: int = 0
+    in_progress: int = 0
+    published_per_second: float | None = None
+
+
+@dataclass(frozen=True)
+class LiveSample:
+    """One reading of the table, with rates against the previous reading.
+
+    Rates (``*_per_second``) and lags are ``None`` on the first sample. ``enqueued`` comes
+    from the growth of ``max(id)``, so ids spent by rolled-back or de-duplicated inserts
+    count too; ``dead_per_second`` is the net change of the dead count (negative while dead
+    rows are retried or purged). Lags are ``published_at - created_at`` percentiles, in
+    seconds, over the rows published since the previous sample.
+    """
+
+    taken_at: datetime
+    max_id: int
+    pending: int
+    in_progress: int
+    dead: int
+    oldest_claimable_age: float | None
+    enqueued_per_second: float | None = None
+    published_per_second: float | None = None
+    dead_per_second: float | None = None
+    lag_p50: float | None = None
+    lag_p99: float | None = None
+    by_prefix: dict[str, PrefixSample] = field(default_factory=dict)
+
+
+async def live_sample(
+    db: AsyncDB, previous: LiveSample | None = None, *, now: datetime | None = None
+) -> LiveSample:
+    """Read the table for ``outbox top``, never its published history.
+
+    Counts come from the partial indexes, ``max(id)`` from the primary key, and the
+    published rate and lags from the rows published since ``previous`` was taken (read on
+    ``ix_outbox_published_at``). Three statements.
+    """
+    _check_now(now)
+    taken_at, max_id, pending, in_progress, dead, age = (
+        await fetch_all(db, sql.LIVE_TOTALS, {"now": now})
+    )[0]
+    since = taken_at if previous is None else previous.taken_at
+    window = {"since": since, "until": taken_at}
+    published, p50, p99 = (await fetch_all(db, sql.PUBLISHED_IN_WINDOW, window))[0]
+    counts: dict[str, dict[str, int]] = {}
+    for prefix, status, count in await fetch_all(db, sql.LIVE_BY_PREFIX, window):
+        counts.setdefault(prefix, {})[status] = count
+    seconds = (taken_at - since).total_seconds()
+
+    def rate(delta: float) -> float | None:
+        return delta / seconds if previous is not None and seconds > 0 else None
+
+    return LiveSample(
+        taken_at=taken_at,
+        max_id=max_id or 0,
+        pending=pending,
+        in_progress=in_progress,
+        dead=dead,
+        oldest_claimable_age=None if age is None else max(0.0, float(age)),
+        enqueued_per_second=rate(max(0, (max_id or 0) - (previous.max_id if previous else 0))),
+        published_per_second=rate(published),
+        dead_per_second=rate(dead - (previous.dead if previous else 0)),
+        lag_p50=None if p50 is None else float(p50),
+        lag_p99=None if p99 is None else float(p99),
+        by_prefix={
+            prefix: PrefixSample(
+                pending=c.get(Status.PENDING, 0),
+                in_progress=c.get(Status.IN_PROGRESS, 0),
+                published_per_second=rate(c.get(Status.PUBLISHED, 0)),
+            )
+            for prefix, c in sorted(counts.items())
+        },
+    )
+
+
+# -- checks --------------------------------------------------------------------------------
+
+
+def _check_now(now: datetime | None) -> None:
+    if now is not None and now.utcoffset() is None:
+        raise InvalidArgumentError("now must be a timezone-aware datetime")
+
+
+def _check_batch(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH_SIZE:
+        raise InvalidArgumentError(f"{name} must be an integer from 1 to {MAX_BATCH_SIZE}")
