@@ -1,0 +1,504 @@
+"""The ``outbox`` CLI as a real subprocess against a real PostgreSQL: exit codes, outputs,
+and exactly which rows each command changes.
+
+Independent read-only invocations run concurrently (each one pays the interpreter's and
+SQLAlchemy's start-up), so the module stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox import statements as sql
+from outbox.cli.durations import format_duration, parse_duration
+from outbox.dburl import libpq_dsn
+from outbox.devservers import LocalServices, free_port
+from outbox.prefixes import type_ranges
+from tests.conftest import create_database, database_url_for, drop_database
+from tests.test_query_plans import plan, scans
+
+ROOT = Path(__file__).resolve().parent.parent
+HOUR = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Ran:
+    code: int
+    out: str
+    err: str
+
+
+def start(args: Sequence[str], url: str | None) -> subprocess.Popen[str]:
+    env = {"PATH": os.environ.get("PATH", "")}
+    if url is not None:
+        env["DATABASE_URL"] = url
+    return subprocess.Popen(
+        [sys.executable, "-m", "outbox.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def cli_many(url: str | None, *commands: Sequence[str]) -> list[Ran]:
+    """Run the commands concurrently (``DATABASE_URL=url``); results in the same order."""
+    processes = [start(args, url) for args in commands]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=60)
+        results.append(Ran(process.returncode, out, err))
+    return results
+
+
+def cli(url: str | None, *args: str) -> Ran:
+    return cli_many(url, args)[0]
+
+
+# -- rows ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to the module's database, the outbox table emptied first."""
+    with psycopg.connect(libpq_dsn(database_url), autocommit=True) as conn:
+        conn.execute("TRUNCATE outbox RESTART IDENTITY")
+        yield conn
+
+
+def add(
+    db: psycopg.Connection[Any],
+    type_: str,
+    status: str,
+    *,
+    age: timedelta = timedelta(0),
+    published_age: timedelta | None = None,
+    attempts: int = 1,
+    error: str | None = None,
+) -> int:
+    """Insert a row created ``age`` ago (and due since then); return its id."""
+    row = db.execute(
+        "INSERT INTO outbox (type, payload, status, attempts, error, created_at,"
+        " next_attempt_at, published_at)"
+        " VALUES (%s, '{}', %s, %s, %s, now() - %s, now() - %s, now() - %s::interval)"
+        " RETURNING id",
+        (type_, status, attempts, error, age, age, published_age),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def table_rows(db: psycopg.Connection[Any]) -> dict[int, tuple[str, int]]:
+    """``{id: (status, attempts)}`` of every row."""
+    return {i: (s, a) for i, s, a in db.execute("SELECT id, status, attempts FROM outbox")}
+
+
+# -- usage, settings, reachability ---------------------------------------------------------
+
+
+def test_help_documents_the_exit_codes_and_a_missing_url_exits_2() -> None:
+    helped, no_url = cli_many(None, ["--help"], ["stats"])
+    assert helped.code == 0, helped
+    assert "exit codes:" in helped.out
+    for line in ("0    success", "3    PostgreSQL unreachable", "4    PostgreSQL reachable"):
+        assert line in helped.out
+    for command in ("migrate", "stats", "dead", "purge", "top"):
+        assert command in helped.out
+    assert no_url == Ran(
+        2, "", "outbox: no database: set DATABASE_URL or pass --database-url URL\n"
+    )
+
+
+def test_usage_errors_exit_2_and_name_the_argument(database_url: str) -> None:
+    garbage, negative, no_selector, all_and_more = cli_many(
+        database_url,
+        ["dead", "list", "--older-than", "3 fortnights"],
+        ["purge", "published", "--older-than=-5m"],
+        ["dead", "retry"],
+        ["dead", "retry", "--all", "--type-prefix", "chat."],
+    )
+    for ran in (garbage, negative):
+        assert ran.code == 2, ran
+        assert "error: argument --older-than: " in ran.err, ran
+        assert "is not a duration: use e.g. 90s, 15m, 2h, 7d, 1w, 1h30m" in ran.err
+    assert no_selector.code == 2
+    assert "outbox dead retry: error: name the dead messages to retry" in no_selector.err
+    assert "--all" in no_selector.err
+    assert all_and_more.code == 2
+    assert "--all retries every dead message: give it without selectors" in all_and_more.err
+
+
+def test_an_unreachable_database_exits_3_without_showing_the_password() -> None:
+    port = free_port()
+    url = f"postgresql://root:sekret@127.0.0.1:{port}/postgres"
+    for ran in cli_many(url, ["stats"], ["migrate"], ["top", "--iterations", "1"]):
+        assert ran.code == 3, ran
+        assert ran.out == ""
+        assert ran.err.startswith(
+            f"outbox: cannot reach PostgreSQL at postgresql://root:***@127.0.0.1:{port}/postgres: "
+        ), ran.err
+        assert "sekret" not in ran.err
+
+
+@pytest.fixture
+def empty_database(services: LocalServices) -> Iterator[str]:
+    name = create_database(services.database_url, "t_cli_empty")
+    try:
+        yield database_url_for(services.database_url, name)
+    finally:
+        drop_database(services.database_url, name)
+
+
+def test_no_outbox_table_exits_4_until_migrate_creates_it(empty_database: str) -> None:
+    ran = cli(empty_database, "stats")
+    assert ran.code == 4, ran
+    assert ran.err.startswith("outbox: no outbox table in postgresql://")
+    assert ran.err.endswith(": run `outbox migrate` first\n")
+
+    assert cli(empty_database, "migrate") == Ran(0, "migrated: outbox_0002 (head)\n", "")
+    assert cli(empty_database, "migrate", "--documents") == Ran(
+        0, "migrated: documents_0001 (head), outbox_0002 (head)\n", ""
+    )
+    with psycopg.connect(libpq_dsn(empty_database)) as conn:
+        tables = {
+            r[0]
+            for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+    assert tables == {"outbox", "outbox_alembic_version", "documents", "document_chunks"}
+
+
+# -- stats ---------------------------------------------------------------------------------
+
+
+def test_stats_counts_per_status_and_prefix(db: psycopg.Connection[Any], database_url: str) -> None:
+    for _ in range(3):
+        add(db, "message.created", "pending", age=timedelta(seconds=30))
+    add(db, "message.created", "in_progress")
+    add(db, "message.created", "published", published_age=timedelta(0))
+    add(db, "document.preprocess.v1", "dead")
+    add(db, "document.preprocess.v1", "pending", age=-HOUR)  # not claimable for an hour
+    add(db, "plain", "published", published_age=timedelta(0))
+
+    # The flag wins over DATABASE_URL (here a closed port).
+    unreachable = f"postgresql://root@127.0.0.1:{free_port()}/postgres"
+    as_json, as_text = cli_many(
+        unreachable,
+        ["stats", "--json", "--database-url", database_url],
+        ["--database-url", database_url, "stats"],
+    )
+
+    assert as_json.code == 0, as_json
+    report = json.loads(as_json.out)
+    age = report.pop("oldest_claimable_age_seconds")
+    assert 30 <= age < 60
+    zero = {"pending": 0, "in_progress": 0, "published": 0, "dead": 0}
+    assert report == {
+        "by_status": {"pending": 4, "in_progress": 1, "published": 2, "dead": 1},
+        "by_prefix": {
+            "document.": {**zero, "pending": 1, "dead": 1},
+            "message.": {**zero, "pending": 3, "in_progress": 1, "published": 1},
+            "plain": {**zero, "published": 1},
+        },
+        "total": 8,
+    }
+    assert as_text.code == 0, as_text
+    *lines, oldest = as_text.out.splitlines()
+    assert lines == [
+        "prefix     pending  in_progress  published  dead  total",
+        "document.        1            0          0     1      2",
+        "message.         3            1          1     0      5",
+        "plain            0            0          1     0      1",
+        "total            4            1          2     1      8",
+    ]
+    assert re.fullmatch(r"oldest claimable: 3\d\.\d s ago", oldest), oldest
+
+
+# -- dead list -----------------------------------------------------------------------------
+
+
+def test_dead_list_is_newest_first_and_filters_literally(
+    db: psycopg.Connection[Any], database_url: str
+) -> None:
+    old = add(db, "a_b.sent", "dead", age=timedelta(days=3), error="first\nsecond")
+    middle = add(db, "axb.sent", "dead", age=timedelta(hours=2), attempts=7, error="x" * 500)
+    recent = add(db, "a_b.sent", "dead", age=timedelta(minutes=5))
+    twin = add(db, "chat.sent", "dead", age=timedelta(minutes=5))
+    add(db, "a_b.sent", "pending")
+    add(db, "a_b.sent", "published", published_age=timedelta(0))
+
+    every, prefix, window, text = cli_many(
+        database_url,
+        ["dead", "list", "--json"],
+        ["dead", "list", "--json", "--type-prefix", "a_b."],
+        ["dead", "list", "--json", "--older-than", "1h", "--newer-than", "1d"],
+        ["dead", "list", "--limit", "3"],
+    )
+
+    def ids(ran: Ran) -> list[int]:
+        assert ran.code == 0, ran
+        return [m["id"] for m in json.loads(ran.out)]
+
+    assert ids(every) == [twin, recent, middle, old]
+    assert ids(prefix) == [recent, old]  # "_" is literal: axb. is not a_b.
+    assert ids(window) == [middle]
+    first = json.loads(every.out)[2]
+    assert first == {
+        "id": middle,
+        "type": "axb.sent",
+        "key": None,
+        "attempts": 7,
+        "created_at": first["created_at"],
+        "error": "x" * 500,
+    }
+    assert datetime.fromisoformat(first["created_at"]) < datetime.now(UTC) - timedelta(hours=1)
+
+    assert text.code == 0, text
+    header, *lines = text.out.splitlines()
+    assert header.split() == ["id", "type", "key", "attempts", "created_at", "error"]
+    assert [int(line.split()[0]) for line in lines] == [twin, recent, middle]  # --limit 3
+    assert lines[2].endswith("x" * 79 + "…")  # one line, cut
+
+
+# -- dead retry ----------------------------------------------------------------------------
+
+
+def test_dead_retry_by_ids_resets_exactly_those_and_reports_the_rest(
+    db: psycopg.Connection[Any], database_url: str
+) -> None:
+    a = add(db, "chat.sent", "dead", attempts=10, error="boom")
+    b = add(db, "chat.sent", "dead", attempts=4)
+    untouched = add(db, "chat.sent", "dead", attempts=10)
+    published = add(db, "chat.sent", "published", published_age=timedelta(0))
+    before = table_rows(db)
+
+    ran = cli(database_url, "dead", "retry", str(a), str(b), str(published), "999", "--json")
+
+    assert ran.code == 0, ran
+    assert json.loads(ran.out) == {"retried": 2, "not_dead": [published, 999], "dry_run": False}
+    assert ran.err == f"outbox: not dead, left alone: {published} (published), 999 (not found)\n"
+    assert table_rows(db) == {**before, a: ("pending", 0), b: ("pending", 0)}
+    row = db.execute(
+        "SELECT error, next_attempt_at <= now(), locked_by, locked_until, lease_token"
+        " FROM outbox WHERE id = %s",
+        (a,),
+    ).fetchone()
+    assert row == ("boom", True, None, None, None)  # the last reason stays
+    assert table_rows(db)[untouched] == ("dead", 10)
+
+
+def test_dead_retry_by_literal_prefix_and_by_age(
+    db: psycopg.Connection[Any], database_url: str
+) -> None:
+    ours = [add(db, "a_b.sent", "dead", attempts=5) for _ in range(3)]
+    lookalike = add(db, "axb.sent", "dead", attempts=5)
+    old = add(db, "chat.sent", "dead", age=timedelta(days=2), attempts=5)
+    young = add(db, "chat.sent", "dead", age=timedelta(hours=1), attempts=5)
+    before = table_rows(db)
+
+    dry = cli(database_url, "dead", "retry", "--type-prefix", "a_b.", "--dry-run")
+    assert dry == Ran(0, "would retry 3 dead messages\n", "")
+    assert table_rows(db) == before
+
+    # The two selections are disjoint, so they may run at once.
+    by_prefix, by_age = cli_many(
+        database_url,
+        ["dead", "retry", "--type-prefix", "a_b.", "--batch-size", "2"],
+        ["dead", "retry", "--older-than", "1d"],
+    )
+    assert by_prefix == Ran(0, "retried 3 dead messages\n", "")
+    assert by_age == Ran(0, "retried 1 dead message\n", "")
+    after = table_rows(db)
+    assert after == {**before, **{i: ("pending", 0) for i in [*ours, old]}}
+    assert after[lookalike] == after[young] == ("dead", 5)
+
+
+# -- purge ---------------------------------------------------------------------------------
+
+
+def test_purge_deletes_exactly_the_old_rows_in_batches(
+    db: psycopg.Connection[Any], database_url: str
+) -> None:
+    old_published = [add(db, "m.x", "published", published_age=2 * HOUR) for _ in range(5)]
+    recent_published = add(db, "m.x", "published", published_age=timedelta(minutes=10))
+    # Created long ago but published recently: its age is its published_at.
+    late = add(db, "m.x", "published", age=timedelta(days=9), published_age=timedelta(0))
+    pending = add(db, "m.x", "pending", age=timedelta(days=9))
+    old_dead = add(db, "m.x", "dead", age=timedelta(days=9))
+    young_dead = add(db, "m.x", "dead", age=HOUR)
+    everything = set(table_rows(db))
+
+    dry = cli(database_url, "purge", "published", "--older-than", "1h", "--dry-run")
+    assert dry == Ran(0, "would purge 5 published messages older than 1h\n", "")
+    assert set(table_rows(db)) == everything
+
+    # Published and dead rows are disjoint, so both purges may run at once.
+    ran, dead = cli_many(
+        database_url,
+        ["purge", "published", "--older-than", "1h", "--batch-size", "2", "--json"],
+        ["purge", "dead", "--older-than", "1d"],
+    )
+    assert ran.code == 0, ran
+    assert json.loads(ran.out) == {
+        "purged": 5,
+        "target": "published",
+        "older_than_seconds": 3600.0,
+        "batches": 3,
+        "dry_run": False,
+    }
+    assert dead == Ran(0, "purged 1 dead message older than 1d\n", "")
+    assert set(table_rows(db)) == everything - {*old_published, old_dead}
+    assert {recent_published, late, pending, young_dead} <= set(table_rows(db))
+
+
+# -- top -----------------------------------------------------------------------------------
+
+
+def test_top_prints_one_json_line_per_sample(
+    db: psycopg.Connection[Any], database_url: str
+) -> None:
+    add(db, "message.created", "pending", age=timedelta(seconds=5))
+    add(db, "message.created", "pending")
+    add(db, "document.preprocess.v1", "in_progress")
+    add(db, "chat.sent", "dead")
+    for _ in range(3):
+        add(db, "message.created", "published", published_age=HOUR)
+
+    ran, text = cli_many(
+        database_url,
+        ["top", "--iterations", "2", "--interval", "0.2", "--json"],
+        ["top", "--iterations", "2", "--interval", "0.2"],
+    )
+
+    assert ran.code == 0, ran
+    first, second = (json.loads(line) for line in ran.out.splitlines())
+    for sample in (first, second):
+        assert (sample["pending"], sample["in_progress"], sample["dead"]) == (2, 1, 1)
+        assert 5 <= sample["oldest_claimable_age_seconds"] < 30
+        assert sample["lag_p50_seconds"] is None  # nothing published between the samples
+    rates = ("enqueued_per_second", "published_per_second", "dead_per_second")
+    assert [first[r] for r in rates] == [None, None, None]
+    assert [second[r] for r in rates] == [0.0, 0.0, 0.0]
+    assert first["by_prefix"] == {
+        "document.": {"pending": 0, "in_progress": 1, "published_per_second": None},
+        "message.": {"pending": 2, "in_progress": 0, "published_per_second": None},
+    }
+    assert second["by_prefix"]["message."]["published_per_second"] == 0.0
+    assert datetime.fromisoformat(second["time"]) > datetime.fromisoformat(first["time"])
+
+    assert text.code == 0, text
+    lines = text.out.splitlines()
+    assert len(lines) == 2
+    assert " pending=2 in_progress=1 dead=1 " in lines[0]
+    assert "enqueued/s=- published/s=- dead/s=-" in lines[0]
+    assert "enqueued/s=0.0 published/s=0.0 dead/s=0.0" in lines[1]
+    assert "| message. pending=2 in_progress=0" in lines[1]
+
+
+def test_ctrl_c_ends_top_with_exit_0(database_url: str) -> None:
+    process = start(["top", "--interval", "0.2"], database_url)
+    try:
+        assert process.stdout is not None
+        assert "pending=" in process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+    finally:
+        process.kill()
+        process.communicate()
+
+
+# -- the statements stay on their indexes ---------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
+async def test_operator_statements_never_scan_the_published_history(
+    engine: AsyncEngine, generic: bool
+) -> None:
+    """With 20,000 published rows, no top, list, retry or purge statement reads them all."""
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "INSERT INTO outbox (type, payload, status, created_at, published_at)"
+            " SELECT 'message.created', '{}', 'published', now() - g * interval '2 second',"
+            "        now() - g * interval '1 second'"
+            " FROM generate_series(1, 20000) g"
+        )
+        await conn.exec_driver_sql(
+            "INSERT INTO outbox (type, payload, status, created_at, locked_until)"
+            " SELECT 'document.preprocess.v1', '{}', s, now() - g * interval '1 minute',"
+            "        CASE WHEN s = 'in_progress' THEN now() + interval '1 minute' END"
+            " FROM generate_series(1, 20) g, unnest(ARRAY['pending', 'in_progress', 'dead']) s"
+        )
+        await conn.exec_driver_sql("ANALYZE outbox")
+    now = datetime.now(UTC)
+    window = {"since": now - timedelta(seconds=2), "until": now}
+    dead = {"created_before": None, "created_after": None, "limit": 100}
+    ranges = tuple(type_ranges("document.") or ())
+    statements: list[tuple[Any, dict[str, object]]] = [
+        (sql.LIVE_TOTALS, {"now": None}),
+        (sql.PUBLISHED_IN_WINDOW, window),
+        (sql.LIVE_BY_PREFIX, window),
+        (sql.dead_newest_first(False, ranges), dead),
+        (
+            sql.retry_dead_batch(True, None),
+            {**dead, "ids": [1, 2], "now": None, "cursor_created_at": None, "cursor_id": None},
+        ),
+        (sql.PURGE_PUBLISHED, {"cutoff": now - timedelta(hours=4), "limit": 1000}),
+        (sql.PURGE_DEAD, {"cutoff": now, "limit": 1000}),
+    ]
+    for statement in statements:
+        async with engine.connect() as conn:
+            executed = await plan(conn, statement, generic)
+            await conn.rollback()
+        read = scans(executed)
+        assert ("Seq Scan", None) not in read, (statement[0], read)
+
+
+# -- durations (pure) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("15m", 900),
+        ("2h", 7200),
+        ("7d", 604800),
+        ("1w", 604800),
+        ("1h30m", 5400),
+        ("1w2d3h4m5s", 788645),
+        ("45", 45),
+        ("0.5", 0.5),
+        ("1.5h", 5400),
+        ("0", 0),
+    ],
+)
+def test_durations_parse(text: str, seconds: float) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "-5m", "5x", "1h30", "m", "30m1h", "1h 30m", "nan", "1e3"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"duration|longer"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["90s", "1h30m", "7d", "1w2d3h4m5s", "0.5s"])
+def test_durations_format_back_to_themselves(text: str) -> None:
+    expected = {"90s": "1m30s", "1w2d3h4m5s": "9d3h4m5s"}.get(text, text)
+    assert format_duration(parse_duration(text)) == expected
