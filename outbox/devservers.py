@@ -44,6 +44,7 @@ from typing import Any
 
 __all__ = [
     "LocalServices",
+    "die_with_parent",
     "free_port",
     "local_services",
     "start_throwaway",
@@ -212,7 +213,9 @@ def throwaway_postgres(bindir: Path | None = None) -> Iterator[str]:
                     stderr=log_file,
                     cwd="/",
                     # Fast shutdown if this process dies without cleaning up (even SIGKILL).
-                    preexec_fn=_die_with_parent(signal.SIGINT),
+                    preexec_fn=die_with_parent(signal.SIGINT),
+                    # A terminal's Ctrl-C reaches only us: we stop the server when done.
+                    start_new_session=True,
                     **_as_user(run_as),
                 )
 
@@ -287,12 +290,24 @@ def _readable_by_others(path: Path) -> bool:
 
 
 def _copy_install(install: Path, target: Path) -> Path:
+    """Copy a server install (``bin``, ``lib``, ``share``) somewhere ``nobody`` can read;
+    return the copy's install folder.
+
+    A wheel's binaries find their bundled libraries through a relative RPATH (auditwheel
+    puts them in ``<package>.libs`` beside the package), so the copy keeps the install's
+    place under its package and brings that folder along.
+    """
+    package = install.parent
+    copy = target / package.name / install.name
     for part in ("bin", "lib", "share"):
         if (install / part).is_dir():
-            shutil.copytree(install / part, target / part, symlinks=True)
+            shutil.copytree(install / part, copy / part, symlinks=True)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, target / libs.name, symlinks=True)
     for folder, _, _ in os.walk(target):
         os.chmod(folder, 0o755)
-    return target
+    return copy
 
 
 def _as_user(user: pwd.struct_passwd | None) -> dict[str, Any]:
@@ -302,8 +317,9 @@ def _as_user(user: pwd.struct_passwd | None) -> dict[str, Any]:
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
-def _die_with_parent(sig: signal.Signals) -> Callable[[], None]:
-    """A ``preexec_fn`` asking Linux to send ``sig`` to the child when we die."""
+def die_with_parent(sig: signal.Signals) -> Callable[[], None]:
+    """A ``preexec_fn`` asking Linux to send ``sig`` to the child when the thread that
+    started it dies (even by SIGKILL); elsewhere it does nothing."""
 
     def arrange() -> None:
         with contextlib.suppress(OSError, AttributeError):
@@ -416,7 +432,8 @@ def throwaway_redis(binary: Path | None = None) -> Iterator[str]:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent(signal.SIGTERM),
+            preexec_fn=die_with_parent(signal.SIGTERM),
+            start_new_session=True,  # a terminal's Ctrl-C reaches only us
         )
 
     try:

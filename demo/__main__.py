@@ -1,0 +1,151 @@
+"""``python -m demo`` (or ``make demo``): the whole flow on this machine, then a summary.
+
+Uses ``DATABASE_URL`` / ``REDIS_URL`` when they answer, else starts throwaway servers;
+creates and migrates a database of its own; starts the sidecar and both workers; commits
+chat messages and documents while a subscriber listens; shows progress; drains; stops
+everything it started and drops its database.
+
+Exit codes: ``0`` everything committed was delivered or dead-lettered as expected; ``1``
+something was not (the summary says what), or a process died; ``2`` a bad option; ``3``
+something could not start (the message says what); ``130`` Ctrl-C before the flow began.
+Ctrl-C during the flow stops producing, drains, and ends with the summary as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+from demo.database import CannotCreateDatabase, demo_database
+from demo.flow import Traffic, run_traffic
+from demo.report import Summary
+from demo.stack import StartFailed, running_stack
+from outbox.dburl import redacted_url
+from outbox.devservers import local_services
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANNOT_START, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = _parser().parse_args(argv)  # exits 2 on a bad option
+    traffic = Traffic(
+        seconds=options.seconds,
+        chat_rate=options.chat_rate,
+        document_rate=options.document_rate,
+        rooms=options.rooms,
+        unreadable_every=options.unreadable_every,
+        drain_timeout=options.drain_timeout,
+    )
+    logging.basicConfig(level=logging.INFO, format="demo: %(message)s", stream=sys.stdout)
+    for noisy in ("httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    run_id = secrets.token_hex(4)
+    log_dir = Path(tempfile.mkdtemp(prefix=f"outbox-demo-{run_id}-"))
+    say(f"run {run_id}; the processes' logs are in {log_dir}")
+    try:
+        summary, crashed = _run(traffic, run_id, log_dir, keep=options.keep)
+    except KeyboardInterrupt:
+        say("interrupted before the flow began; everything started is stopped")
+        return EXIT_INTERRUPTED
+    except (StartFailed, CannotCreateDatabase) as exc:
+        say(f"could not start: {exc}")
+        return EXIT_CANNOT_START
+    print("\n".join(summary.lines()), flush=True)
+    if crashed:
+        say(f"a process died during the run: {crashed}")
+    if options.summary_json:
+        options.summary_json.write_text(json.dumps(summary.as_json(), indent=2) + "\n")
+    ok = summary.ok and not crashed
+    if ok and not options.keep:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _run(traffic: Traffic, run_id: str, log_dir: Path, *, keep: bool) -> tuple[Summary, str | None]:
+    with local_services() as services:
+        # A throwaway server goes with everything on it; a kept database needs a real one.
+        drop = not (keep or services.throwaway_postgres)
+        with demo_database(services.database_url, drop=drop) as database_url:
+            say(f"migrated {redacted_url(database_url)}; starting the sidecar and both workers")
+            with running_stack(database_url, services.redis_url, log_dir) as stack:
+                pids = ", ".join(f"{c.name} {c.process.pid}" for c in stack.children)
+                say(f"ready ({pids}); producing for {traffic.seconds:g} s, Ctrl-C stops early")
+                redis_url = services.redis_url
+                outcome = anyio.run(run_traffic, traffic, database_url, redis_url, stack, run_id)
+                _stopping_now()
+                say("stopping the workers (they finish what they hold), then the sidecar")
+            if keep and not services.throwaway_postgres:
+                say(f"kept the demo database: DATABASE_URL={redacted_url(database_url)}")
+        if services.throwaway_postgres or services.throwaway_redis:
+            say("stopping the throwaway servers")
+    return outcome
+
+
+def _stopping_now() -> None:
+    """From here on a Ctrl-C only says that the demo is stopping: the stop is bounded, and
+    whatever an interrupted stop would leave gets SIGTERM when the demo exits anyway."""
+
+    def note(signum: int, frame: object) -> None:
+        say("stopping, one moment")
+
+    signal.signal(signal.SIGINT, note)
+    signal.signal(signal.SIGTERM, note)
+
+
+def say(line: str) -> None:
+    print(f"demo: {line}", flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m demo",
+        description="Run the outbox end to end on this machine and report what happened.",
+        epilog="Exit codes: 0 all delivered as expected, 1 not (the summary says what), "
+        "2 bad option, 3 could not start, 130 interrupted before the flow began.",
+    )
+    add = parser.add_argument
+    add("--seconds", type=_number(float, 0), default=20.0, help="how long to produce (20)")
+    add("--chat-rate", type=_number(float), default=200.0, help="chat messages per second (200)")
+    add("--document-rate", type=_number(float), default=10.0, help="documents per second (10)")
+    add("--rooms", type=_number(int, 0), default=8, help="chat rooms (8)")
+    add(
+        "--unreadable-every",
+        type=_number(int),
+        default=20,
+        metavar="N",
+        help="make every Nth document an unreadable PNG, to show dead-lettering (0: none; 20)",
+    )
+    add("--drain-timeout", type=_number(float, 0), default=30.0, help="wait at the end (30 s)")
+    add("--keep", action="store_true", help="keep the logs, and the demo database on a real server")
+    add("--summary-json", type=Path, metavar="PATH", help="also write the summary here as JSON")
+    return parser
+
+
+def _number(kind: Callable[[str], float], above: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a ``kind`` number, above ``above`` if given, else 0 or more."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = -1.0
+        if value < 0 or (above is not None and value <= above):
+            limit = f"above {above:g}" if above is not None else "0 or more"
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a number {limit}")
+        return value
+
+    return parse
+
+
+if __name__ == "__main__":
+    sys.exit(main())

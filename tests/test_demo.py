@@ -1,0 +1,196 @@
+"""``python -m demo`` end to end: the real stack, real servers, a real Ctrl-C.
+
+Every descendant of a demo run carries a marker in its environment, so a test can prove
+that nothing the demo started (workers, sidecar, parsing processes, throwaway servers) is
+still running afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from outbox.dburl import libpq_dsn
+from outbox.devservers import LocalServices
+from tests.conftest import admin
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def demo_env(services: LocalServices | None, **extra: str) -> dict[str, str]:
+    """The environment of a demo run: the test servers (or none), and a fresh marker."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    if services is not None:
+        env |= {"DATABASE_URL": services.database_url, "REDIS_URL": services.redis_url}
+    return env | {"OUTBOX_DEMO_TEST_MARKER": uuid.uuid4().hex} | extra
+
+
+def still_running(env: dict[str, str]) -> list[int]:
+    """Pids of live processes whose environment has this run's marker."""
+    marker = f"OUTBOX_DEMO_TEST_MARKER={env['OUTBOX_DEMO_TEST_MARKER']}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+    return found
+
+
+def demo_databases(services: LocalServices) -> set[str]:
+    async def names() -> set[str]:
+        conn = await asyncpg.connect(libpq_dsn(services.database_url))
+        try:
+            rows = await conn.fetch("SELECT datname FROM pg_database")
+        finally:
+            await conn.close()
+        return {row[0] for row in rows if row[0].startswith("outbox_demo_")}
+
+    return asyncio.run(names())
+
+
+def run_demo(env: dict[str, str], *args: str, timeout: float = 90) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "demo", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.fixture
+def summary_path(tmp_path: Path) -> Path:
+    return tmp_path / "summary.json"
+
+
+def test_the_whole_flow_delivers_everything_and_leaves_nothing(
+    services: LocalServices, summary_path: Path
+) -> None:
+    env = demo_env(services)
+    before = demo_databases(services)
+    code, out = run_demo(
+        env,
+        *("--seconds", "2", "--chat-rate", "100", "--document-rate", "10"),
+        *("--unreadable-every", "4", "--summary-json", str(summary_path)),
+    )
+    assert code == 0, out
+    summary = json.loads(summary_path.read_text())
+    assert summary["ok"] is True
+    assert 100 <= summary["chat_sent"] <= 220
+    assert summary["chat_delivered"] == summary["chat_sent"]
+    assert summary["chat_missing"] == []
+    sent = summary["documents_sent"]
+    assert 10 <= sent <= 25
+    assert summary["documents_unreadable"] == sent // 4  # the 4th, 8th, ... document
+    assert summary["documents_failed"] == sent // 4
+    assert summary["documents_processed"] == sent - sent // 4
+    assert summary["documents_unfinished"] == []
+    assert summary["documents_wrong"] == []
+    assert "unsupported content type 'image/png'" in summary["dead_example"]
+    assert summary["chat_lag_p50_ms"] > 0
+    assert summary["document_lag_p99_ms"] >= summary["document_lag_p50_ms"] > 0
+    # The live view printed samples, then the summary with its verdict.
+    assert len(re.findall(r"^\s+chat\s+sent", out, flags=re.MULTILINE)) >= 2, out
+    assert "Summary after" in out and "OK: every chat message was delivered" in out
+    # Nothing left: processes, the demo's database, its logs.
+    assert still_running(env) == []
+    assert demo_databases(services) == before
+    log_dir = re.search(r"logs are in (\S+)", out)
+    assert log_dir is not None and not Path(log_dir.group(1)).exists()
+
+
+def test_ctrl_c_on_a_bare_machine_stops_everything_it_started(summary_path: Path) -> None:
+    """No DATABASE_URL / REDIS_URL: throwaway servers; then a terminal's Ctrl-C (SIGINT to
+    the whole foreground process group) mid-run."""
+    env = demo_env(None)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "demo", "--seconds", "120", "--summary-json", str(summary_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal gives a job
+    )
+    assert demo.stdout is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while sum("producing (Ctrl-C stops)" in line for line in lines) < 2:
+            line = demo.stdout.readline()
+            assert line and time.monotonic() < deadline, "".join(lines)
+            lines.append(line)
+        assert still_running(env) != []
+        os.killpg(demo.pid, signal.SIGINT)
+        rest, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    out = "".join(lines) + rest
+    assert demo.returncode == 0, out
+    assert "started throwaway" in out and "stopped throwaway PostgreSQL" in out, out
+    summary = json.loads(summary_path.read_text())
+    assert summary["ok"] is True
+    assert summary["seconds"] < 60  # stopped early, not at the end of its 120 s
+    assert summary["chat_delivered"] == summary["chat_sent"] > 0
+    assert still_running(env) == []
+
+
+def test_bad_options_exit_2() -> None:
+    code, out = run_demo(demo_env(None), "--seconds", "0", timeout=30)
+    assert code == 2
+    assert "--seconds: '0': must be a number above 0" in out
+
+
+def test_a_worker_that_cannot_start_is_reported_and_everything_stops(
+    services: LocalServices,
+) -> None:
+    # A setting the document worker refuses: its timeout must stay below the handler's.
+    env = demo_env(services, SIDECAR_TIMEOUT_SECONDS="1000")
+    before = demo_databases(services)
+    code, out = run_demo(env, "--seconds", "2")
+    assert code == 3, out
+    assert "could not start: document-worker exited with 2" in out
+    assert "SIDECAR_TIMEOUT_SECONDS" in out
+    assert still_running(env) == []
+    assert demo_databases(services) == before
+
+
+@pytest.fixture
+def role_without_createdb(services: LocalServices) -> Iterator[str]:
+    role = f"demo_{uuid.uuid4().hex[:8]}"
+    admin(services.database_url, f'CREATE ROLE "{role}" LOGIN NOCREATEDB')
+    try:
+        url = make_url(services.database_url).set(username=role, password=None)
+        yield url.render_as_string(hide_password=False)
+    finally:
+        admin(services.database_url, f'DROP ROLE "{role}"')
+
+
+def test_a_server_that_refuses_create_database_is_explained(
+    services: LocalServices, role_without_createdb: str
+) -> None:
+    env = demo_env(services) | {"DATABASE_URL": role_without_createdb}
+    code, out = run_demo(env, "--seconds", "1", timeout=60)
+    assert code == 3, out
+    assert "may not create one" in out and "unset DATABASE_URL" in out
+    assert still_running(env) == []
