@@ -13,8 +13,8 @@ Index plan (each keeps one hot query an index scan at any table size):
   another domain's backlog.
 * ``ix_outbox_lease``: ``(locked_until) WHERE status = 'in_progress'`` -- reaping.
 * ``ix_outbox_published_at``: ``(published_at) WHERE status = 'published'`` -- retention.
-* ``ix_outbox_dead_created_at``: ``(created_at) WHERE status = 'dead'`` -- listing and
-  purging dead rows.
+* ``ix_outbox_dead_created_at_id``: ``(created_at, id) WHERE status = 'dead'`` -- listing,
+  retrying (a keyset walk on both columns) and purging dead rows.
 * ``uq_outbox_dedupe_key``: unique ``(dedupe_key) WHERE dedupe_key IS NOT NULL``.
 
 Beyond DESIGN.md's columns, ``lease_token`` (uuid) names one claim: a fresh random value is
@@ -112,8 +112,9 @@ Index(
     postgresql_where=text("status = 'published'"),
 )
 Index(
-    "ix_outbox_dead_created_at",
+    "ix_outbox_dead_created_at_id",
     outbox_table.c.created_at,
+    outbox_table.c.id,
     postgresql_where=text("status = 'dead'"),
 )
 Index(

@@ -450,7 +450,7 @@ status's partial index, never the published rows."""
 
 # -- operator commands (outbox.admin, the ``outbox`` CLI) ----------------------------------
 #
-# Dead rows are selected on ``ix_outbox_dead_created_at`` (there is no died-at column, so
+# Dead rows are selected on ``ix_outbox_dead_created_at_id`` (there is no died-at column, so
 # ages are measured on ``created_at``): ``:created_before`` / ``:created_after`` bound the
 # range (``NULL``: unbounded), ``:ids`` (when the statement was built ``by_id``) names rows,
 # and a type prefix is a range of the "C"-collated ``type`` (see ``outbox.prefixes``).
@@ -589,7 +589,7 @@ skipping locked rows (``ix_outbox_published_at``). Returns the deleted ids."""
 
 PURGE_DEAD: ReturningDelete[Any] = _purge(DEAD, t.c.created_at)
 """Delete up to ``:limit`` dead rows with ``created_at < :cutoff``, oldest first, skipping
-locked rows (``ix_outbox_dead_created_at``). Returns the deleted ids."""
+locked rows (``ix_outbox_dead_created_at_id``). Returns the deleted ids."""
 
 COUNT_PUBLISHED_BEFORE: Select[Any] = (
     select(func.count())

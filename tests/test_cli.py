@@ -29,7 +29,7 @@ from outbox.dburl import libpq_dsn
 from outbox.devservers import LocalServices, free_port
 from outbox.prefixes import type_ranges
 from tests.conftest import create_database, database_url_for, drop_database
-from tests.test_query_plans import plan, scans
+from tests.test_query_plans import plan, rows_read, scans
 
 ROOT = Path(__file__).resolve().parent.parent
 HOUR = timedelta(hours=1)
@@ -171,9 +171,9 @@ def test_no_outbox_table_exits_4_until_migrate_creates_it(empty_database: str) -
     assert ran.err.startswith("outbox: no outbox table in postgresql://")
     assert ran.err.endswith(": run `outbox migrate` first\n")
 
-    assert cli(empty_database, "migrate") == Ran(0, "migrated: outbox_0002 (head)\n", "")
+    assert cli(empty_database, "migrate") == Ran(0, "migrated: outbox_0003 (head)\n", "")
     assert cli(empty_database, "migrate", "--documents") == Ran(
-        0, "migrated: documents_0001 (head), outbox_0002 (head)\n", ""
+        0, "migrated: documents_0001 (head), outbox_0003 (head)\n", ""
     )
     with psycopg.connect(libpq_dsn(empty_database)) as conn:
         tables = {
@@ -467,6 +467,39 @@ async def test_operator_statements_never_scan_the_published_history(
             await conn.rollback()
         read = scans(executed)
         assert ("Seq Scan", None) not in read, (statement[0], read)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
+async def test_a_retry_batch_reads_only_its_rows_when_a_large_group_died_together(
+    engine: AsyncEngine, generic: bool
+) -> None:
+    """5,000 dead rows inserted by one transaction share ``created_at``: a batch of 100 in
+    the middle of them reads about 100 index entries, not the whole group."""
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "INSERT INTO outbox (type, payload, status, error)"
+            " SELECT 'document.preprocess.v1', '{}', 'dead', 'x' FROM generate_series(1, 5000)"
+        )
+        await conn.exec_driver_sql("ANALYZE outbox")
+        created_at, middle = (
+            await conn.exec_driver_sql("SELECT min(created_at), min(id) + 2500 FROM outbox")
+        ).one()
+    params = {
+        "created_before": None,
+        "created_after": None,
+        "limit": 100,
+        "now": None,
+        "cursor_created_at": created_at,
+        "cursor_id": middle,
+    }
+    async with engine.connect() as conn:
+        executed = await plan(conn, (sql.retry_dead_batch(False, None), params), generic)
+        await conn.rollback()
+    assert ("Index Scan", "ix_outbox_dead_created_at_id") in scans(executed)
+    # The batch's 100 rows: chosen on the index, fetched by primary key, updated. With
+    # ``created_at`` alone in the index the scan read 2,500+ entries to sort them by id.
+    assert rows_read(executed) <= 400, rows_read(executed)
 
 
 # -- durations (pure) ----------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
         "ix_outbox_claimable_type",
         "ix_outbox_lease",
         "ix_outbox_published_at",
-        "ix_outbox_dead_created_at",
+        "ix_outbox_dead_created_at_id",
         "uq_outbox_dedupe_key",
     }
     downgrade(empty_database)
@@ -86,7 +86,7 @@ def test_what_autogenerate_cannot_see_matches_the_metadata(empty_database: str) 
         "btree (type, next_attempt_at, id) WHERE (status = 'pending'::text)",
         "btree (locked_until) WHERE (status = 'in_progress'::text)",
         "btree (published_at) WHERE (status = 'published'::text)",
-        "btree (created_at) WHERE (status = 'dead'::text)",
+        "btree (created_at, id) WHERE (status = 'dead'::text)",
         "btree (dedupe_key) WHERE (dedupe_key IS NOT NULL)",
     }
     collations = names(
@@ -148,7 +148,7 @@ def test_standalone_alembic_cli_uses_plain_database_url(empty_database: str) -> 
     run("upgrade", "heads")
     assert tables(empty_database) == {"outbox", "documents", "document_chunks", VERSION_TABLE}
     current = run("current").stdout
-    assert "outbox_0002 (head)" in current and "documents_0001 (head)" in current
+    assert "outbox_0003 (head)" in current and "documents_0001 (head)" in current
     run("downgrade", "documents@base")
     assert tables(empty_database) == {"outbox", VERSION_TABLE}
 
@@ -233,4 +233,4 @@ def test_host_application_alembic_runs_the_outbox_branch(
     assert done.returncode == 0, done.stderr
     assert tables(empty_database) == {"alembic_version", "messages", "outbox"}
     heads = names(empty_database, "SELECT version_num FROM alembic_version")
-    assert heads == {"host_0001", "outbox_0002"}
+    assert heads == {"host_0001", "outbox_0003"}

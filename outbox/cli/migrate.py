@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
     """Migrate to ``outbox@head`` (``--documents``: all heads; ``--revision``: that one).
 
     Reachability is checked first, with the connect timeout, so an unreachable server exits
-    3 at once. Prints ``migrated: outbox_0002 (head)``: every revision the database is at,
+    3 at once. Prints ``migrated: outbox_0003 (head)``: every revision the database is at,
     read back from ``outbox_alembic_version``.
     """
     # Alembic is imported here: the other commands do not need it.
