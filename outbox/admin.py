@@ -7,8 +7,8 @@ transaction, so that each batch commits on its own and no lock is held for long.
 
 **Time.** ``now=None`` uses the database clock, read once when the operation starts (the
 reference for every age and cutoff of that operation); pass a timezone-aware ``now`` to step
-time in tests. There is no died-at column: the age of a dead row is measured on its
-``created_at``.
+time in tests. A dead row's age is how long ago it died (``dead_at``), a published row's
+how long ago it was published (``published_at``).
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ class DeadFilter:
     """Which dead rows an operation selects; the fields given combine with AND.
 
     ``ids``: only these rows. ``type_prefix``: types starting with it, literally (``_`` and
-    ``%`` match only themselves). ``older_than`` / ``newer_than``: ``created_at`` before /
-    after ``now`` minus that much. An empty filter selects every dead row.
+    ``%`` match only themselves). ``older_than`` / ``newer_than``: died (``dead_at``) before
+    / after ``now`` minus that much. An empty filter selects every dead row.
     """
 
     ids: tuple[int, ...] | None = None
@@ -102,8 +102,8 @@ class DeadFilter:
             raise InvalidArgumentError("ids must be positive integers")
         return {
             "ids": None if self.ids is None else list(self.ids),
-            "created_before": None if self.older_than is None else now - self.older_than,
-            "created_after": None if self.newer_than is None else now - self.newer_than,
+            "died_before": None if self.older_than is None else now - self.older_than,
+            "died_after": None if self.newer_than is None else now - self.newer_than,
         }
 
 
@@ -116,13 +116,14 @@ class DeadMessage:
     key: str | None
     attempts: int
     created_at: datetime
+    dead_at: datetime
     error: str | None
 
 
 async def list_dead(
     db: AsyncDB, selection: DeadFilter, *, limit: int = 50, now: datetime | None = None
 ) -> list[DeadMessage]:
-    """Up to ``limit`` selected dead rows, newest first (``created_at``, then ``id``,
+    """Up to ``limit`` selected dead rows, latest death first (``dead_at``, then ``id``,
     descending). Read-only."""
     _check_batch("limit", limit)
     reference = await database_now(db, now=now)
@@ -158,39 +159,26 @@ async def retry_dead(
     keeps the last reason. An empty ``selection`` retries every dead row.
 
     Runs in batches of ``batch_size``, each its own statement, walking a keyset cursor on
-    ``(created_at, id)`` that only moves forward, so a row is retried at most once per call
-    even if it dies again meanwhile. Only rows created before the call started are
+    ``(dead_at, id)`` that only moves forward, so a row is retried at most once per call
+    even if it dies again meanwhile. Only rows that died before the call started are
     selected, so the call ends however fast new rows die. Rows another transaction holds
     are skipped. ``dry_run`` walks the same rows without locking or changing them.
     """
     _check_batch("batch_size", batch_size)
     reference = await database_now(db, now=now)
     params = selection._params(reference)
-    if params["created_before"] is None or params["created_before"] > reference:
-        params["created_before"] = reference
+    if params["died_before"] is None or params["died_before"] > reference:
+        params["died_before"] = reference
     by_id, ranges = selection.ids is not None, selection._ranges()
     statement = sql.dead_batch(by_id, ranges) if dry_run else sql.retry_dead_batch(by_id, ranges)
     named = frozenset(selection.ids or ())
     retried_named: set[int] = set()
-    total = 0
-    cursor: tuple[datetime | None, int | None] = (None, None)
-    while True:
-        batch_params = {
-            **params,
-            "now": reference,
-            "limit": batch_size,
-            "cursor_created_at": cursor[0],
-            "cursor_id": cursor[1],
-        }
-        rows = await fetch_all(db, statement, batch_params)
-        total += len(rows)
-        if rows:
-            cursor = max((created_at, id_) for id_, created_at in rows)
-            retried_named.update(id_ for id_, _ in rows if id_ in named)
-            if on_batch is not None:
-                on_batch(len(rows), total)
-        if len(rows) < batch_size:
-            break
+
+    def retried(rows: Sequence[Any]) -> None:
+        retried_named.update(id_ for id_, _ in rows if id_ in named)
+
+    params |= {"now": reference}
+    total = await _walk(db, statement, params, batch_size, on_batch, retried)
     not_dead = await _not_dead(db, sorted(named - retried_named))
     return RetryResult(retried=total, not_dead=not_dead)
 
@@ -211,7 +199,7 @@ async def _not_dead(db: AsyncDB, ids: Sequence[int]) -> dict[int, Status | None]
 
 class PurgeTarget(StrEnum):
     """Rows :func:`purge` deletes: ``published`` (aged by ``published_at``) or ``dead`` (aged
-    by ``created_at``)."""
+    by ``dead_at``)."""
 
     PUBLISHED = "published"
     DEAD = "dead"
@@ -232,8 +220,10 @@ async def purge(
 
     The cutoff (``now - older_than``) is fixed when the call starts. Each batch of
     ``batch_size`` oldest rows is one statement (its own transaction on an engine or pool)
-    that skips rows other transactions hold, so no lock is held long; the call stops after a
-    batch deletes fewer than ``batch_size``.
+    that skips rows other transactions hold, so no lock is held long. Batches walk a keyset
+    cursor on ``(age, id)``, so none reads what an earlier one deleted (an old snapshot
+    elsewhere keeps those index entries alive); the call stops after a batch deletes fewer
+    than ``batch_size``.
     """
     _check_batch("batch_size", batch_size)
     if older_than < timedelta(0):
@@ -244,13 +234,33 @@ async def purge(
         count = sql.COUNT_PUBLISHED_BEFORE if published else sql.COUNT_DEAD_BEFORE
         return int((await fetch_all(db, count, {"cutoff": cutoff}))[0][0])
     statement = sql.PURGE_PUBLISHED if published else sql.PURGE_DEAD
+    return await _walk(db, statement, {"cutoff": cutoff}, batch_size, on_batch)
+
+
+async def _walk(
+    db: AsyncDB,
+    statement: Any,
+    params: dict[str, Any],
+    batch_size: int,
+    on_batch: BatchCallback | None,
+    each: Callable[[Sequence[Any]], None] | None = None,
+) -> int:
+    """Run a batched ``statement`` (it returns ``(id, age)`` per row) batch after batch,
+    moving the ``(cursor_at, cursor_id)`` keyset to the greatest row of each, until a batch
+    returns fewer than ``batch_size`` rows; return how many rows in all."""
     total = 0
+    cursor: tuple[datetime | None, int | None] = (None, None)
     while True:
-        deleted = len(await fetch_all(db, statement, {"cutoff": cutoff, "limit": batch_size}))
-        total += deleted
-        if deleted and on_batch is not None:
-            on_batch(deleted, total)
-        if deleted < batch_size:
+        batch = {**params, "limit": batch_size, "cursor_at": cursor[0], "cursor_id": cursor[1]}
+        rows = await fetch_all(db, statement, batch)
+        total += len(rows)
+        if rows:
+            cursor = max((age, id_) for id_, age in rows)
+            if each is not None:
+                each(rows)
+            if on_batch is not None:
+                on_batch(len(rows), total)
+        if len(rows) < batch_size:
             return total
 
 

@@ -13,14 +13,16 @@ Index plan (each keeps one hot query an index scan at any table size):
   another domain's backlog.
 * ``ix_outbox_lease``: ``(locked_until) WHERE status = 'in_progress'`` -- reaping.
 * ``ix_outbox_published_at``: ``(published_at) WHERE status = 'published'`` -- retention.
-* ``ix_outbox_dead_created_at_id``: ``(created_at, id) WHERE status = 'dead'`` -- listing,
-  retrying (a keyset walk on both columns) and purging dead rows.
+* ``ix_outbox_dead_at``: ``(dead_at, id) WHERE status = 'dead'`` -- listing, retrying and
+  purging dead rows by when they died (keyset walks on both columns).
 * ``uq_outbox_dedupe_key``: unique ``(dedupe_key) WHERE dedupe_key IS NOT NULL``.
 
 Beyond DESIGN.md's columns, ``lease_token`` (uuid) names one claim: a fresh random value is
 set at every claim and cleared when the lease ends, and every acknowledgement is fenced on
 it. ``(id, attempts)`` alone is not unique per claim, because ``release`` hands the attempt
-back.
+back. ``dead_at`` says when a row went dead: a trigger (migration ``outbox_0003``) sets it
+whenever ``status`` becomes ``dead``, by whatever statement, and clears it when the row
+leaves ``dead``, so it is never stale and no statement has to remember it.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ outbox_table = Table(
     Column("error", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("published_at", DateTime(timezone=True), nullable=True),
+    # Set and cleared by the trigger of migration outbox_0003 (status becomes / leaves dead).
+    Column("dead_at", DateTime(timezone=True), nullable=True),
     Column("dedupe_key", Text, nullable=True),
     CheckConstraint(f"status IN ({_STATUS_VALUES})", name="ck_outbox_status"),
     CheckConstraint("attempts >= 0", name="ck_outbox_attempts_nonnegative"),
@@ -112,8 +116,8 @@ Index(
     postgresql_where=text("status = 'published'"),
 )
 Index(
-    "ix_outbox_dead_created_at_id",
-    outbox_table.c.created_at,
+    "ix_outbox_dead_at",
+    outbox_table.c.dead_at,
     outbox_table.c.id,
     postgresql_where=text("status = 'dead'"),
 )

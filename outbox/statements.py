@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    Column,
     ColumnElement,
     CompoundSelect,
     DateTime,
@@ -450,10 +451,16 @@ status's partial index, never the published rows."""
 
 # -- operator commands (outbox.admin, the ``outbox`` CLI) ----------------------------------
 #
-# Dead rows are selected on ``ix_outbox_dead_created_at_id`` (there is no died-at column, so
-# ages are measured on ``created_at``): ``:created_before`` / ``:created_after`` bound the
-# range (``NULL``: unbounded), ``:ids`` (when the statement was built ``by_id``) names rows,
-# and a type prefix is a range of the "C"-collated ``type`` (see ``outbox.prefixes``).
+# Dead rows are aged by ``dead_at`` (set by a trigger whenever a row becomes dead) on
+# ``ix_outbox_dead_at``; published rows by ``published_at`` on ``ix_outbox_published_at``.
+# ``:died_before`` / ``:died_after`` bound a dead range (``NULL``: unbounded), ``:ids``
+# (when the statement was built ``by_id``) names rows, and a type prefix is a range of the
+# "C"-collated ``type`` (see ``outbox.prefixes``).
+#
+# Batched statements walk a keyset cursor ``(:cursor_at, :cursor_id)`` (``NULL``: from the
+# start) over ``(age, id)``, so each batch starts where the last one ended: rows an earlier
+# batch changed or deleted are never read again, even while an old snapshot keeps their
+# index entries alive.
 
 _TIMESTAMP = DateTime(timezone=True)
 _INFINITY = cast(literal_column("'infinity'"), _TIMESTAMP)
@@ -480,7 +487,7 @@ STATUS_OF_IDS: Select[Any] = select(t.c.id, t.c.status).where(
 )
 """``(id, status)`` of the rows among ``:ids`` that exist."""
 
-DEAD_COLUMNS = (t.c.id, t.c.type, t.c.key, t.c.attempts, t.c.created_at, t.c.error)
+DEAD_COLUMNS = (t.c.id, t.c.type, t.c.key, t.c.attempts, t.c.created_at, t.c.dead_at, t.c.error)
 
 
 def _in_ranges(ranges: tuple[TypeRange, ...]) -> ColumnElement[bool]:
@@ -494,14 +501,14 @@ def _in_ranges(ranges: tuple[TypeRange, ...]) -> ColumnElement[bool]:
 
 
 def _dead(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> list[ColumnElement[bool]]:
-    """Dead rows inside ``(:created_after, :created_before)``, optionally among ``:ids`` and
-    inside the type ``ranges`` (``None``: every type)."""
-    created_before = bindparam("created_before", type_=_TIMESTAMP)
-    created_after = bindparam("created_after", type_=_TIMESTAMP)
+    """Dead rows that died inside ``(:died_after, :died_before)``, optionally among ``:ids``
+    and inside the type ``ranges`` (``None``: every type)."""
+    died_before = bindparam("died_before", type_=_TIMESTAMP)
+    died_after = bindparam("died_after", type_=_TIMESTAMP)
     conditions = [
         t.c.status == DEAD,
-        t.c.created_at < func.coalesce(created_before, _INFINITY),
-        t.c.created_at > func.coalesce(created_after, _MINUS_INFINITY),
+        t.c.dead_at < func.coalesce(died_before, _INFINITY),
+        t.c.dead_at > func.coalesce(died_after, _MINUS_INFINITY),
     ]
     if by_id:
         conditions.append(t.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger))))
@@ -512,32 +519,30 @@ def _dead(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> list[ColumnEleme
 
 @lru_cache(maxsize=64)
 def dead_newest_first(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> Select[Any]:
-    """Up to ``:limit`` selected dead rows, newest first (``created_at``, then ``id``,
+    """Up to ``:limit`` selected dead rows, latest death first (``dead_at``, then ``id``,
     descending). Returns :data:`DEAD_COLUMNS`."""
     return (
         select(*DEAD_COLUMNS)
         .where(*_dead(by_id, ranges))
-        .order_by(t.c.created_at.desc(), t.c.id.desc())
+        .order_by(t.c.dead_at.desc(), t.c.id.desc())
         .limit(_limit())
     )
 
 
-def _dead_after_cursor(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> Select[Any]:
-    """The next ``:limit`` selected dead rows after the keyset cursor
-    ``(:cursor_created_at, :cursor_id)`` (``NULL``: from the start), oldest first."""
-    cursor_created_at = func.coalesce(
-        bindparam("cursor_created_at", type_=_TIMESTAMP), _MINUS_INFINITY
-    )
+def _after_cursor(age: ColumnElement[datetime], *conditions: ColumnElement[bool]) -> Select[Any]:
+    """The next ``:limit`` rows meeting ``conditions`` after the cursor, in ``(age, id)``
+    order. Returns ``(id, age)``."""
+    cursor_at = func.coalesce(bindparam("cursor_at", type_=_TIMESTAMP), _MINUS_INFINITY)
     cursor_id = func.coalesce(bindparam("cursor_id", type_=BigInteger), 0)
     return (
-        select(t.c.id, t.c.created_at)
+        select(t.c.id, age)
         .where(
-            *_dead(by_id, ranges),
-            # The first condition gives the index its range; the second is the exact cursor.
-            t.c.created_at >= cursor_created_at,
-            tuple_(t.c.created_at, t.c.id) > tuple_(cursor_created_at, cursor_id),
+            *conditions,
+            # The first gives the index its range; the second is the exact cursor.
+            age >= cursor_at,
+            tuple_(age, t.c.id) > tuple_(cursor_at, cursor_id),
         )
-        .order_by(t.c.created_at, t.c.id)
+        .order_by(age, t.c.id)
         .limit(_limit())
     )
 
@@ -545,51 +550,58 @@ def _dead_after_cursor(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> Sel
 @lru_cache(maxsize=64)
 def dead_batch(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> Select[Any]:
     """What :func:`retry_dead_batch` would take, without locking or changing anything.
-    Returns ``(id, created_at)``, oldest first."""
-    return _dead_after_cursor(by_id, ranges)
+    Returns ``(id, dead_at)``, earliest death first."""
+    return _after_cursor(t.c.dead_at, *_dead(by_id, ranges))
+
+
+def _chosen_ids(chosen: CTE) -> ColumnElement[bool]:
+    """``id`` among the CTE's ids: an index probe per id whatever the plan (a join with the
+    CTE may become a hash join over the whole table under a generic plan)."""
+    return t.c.id == func.any(func.array(select(chosen.c.id).scalar_subquery()))
 
 
 @lru_cache(maxsize=64)
-def retry_dead_batch(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> Update:
+def retry_dead_batch(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> Select[Any]:
     """The next ``:limit`` selected dead rows after the cursor -> ``pending``, due at
-    ``now``, ``attempts = 0``, lease columns cleared; ``error`` keeps the last reason.
+    ``now``, ``attempts = 0``, lease columns cleared (the trigger clears ``dead_at``);
+    ``error`` keeps the last reason.
 
-    Rows another transaction holds are skipped (``FOR UPDATE SKIP LOCKED``). Returns
-    ``(id, created_at)`` of the changed rows (the caller advances its cursor to the
-    greatest).
+    Rows another transaction holds are skipped (``FOR UPDATE SKIP LOCKED``); every row
+    chosen is changed (it is locked). Returns ``(id, dead_at)`` of the changed rows as they
+    were before, for the caller's cursor: a ``SELECT`` whose CTE runs the ``UPDATE``.
     """
-    chosen = _dead_after_cursor(by_id, ranges).with_for_update(skip_locked=True).cte("chosen")
-    return (
-        update(t)
-        .where(t.c.id == func.any(func.array(select(chosen.c.id).scalar_subquery())))
-        .values(status=PENDING, attempts=0, next_attempt_at=CLOCK, **LEASE_ENDED)
-        .returning(t.c.id, t.c.created_at)
-    )
-
-
-def _purge(status: ColumnElement[str], age_column: ColumnElement[datetime]) -> ReturningDelete[Any]:
-    oldest = (
-        select(t.c.id)
-        .where(t.c.status == status, age_column < bindparam("cutoff", type_=_TIMESTAMP))
-        .order_by(age_column)
-        .limit(_limit())
+    chosen = (
+        _after_cursor(t.c.dead_at, *_dead(by_id, ranges))
         .with_for_update(skip_locked=True)
-        .cte("oldest")
+        .cte("chosen")
     )
-    return (
-        delete(t)
-        .where(t.c.id == func.any(func.array(select(oldest.c.id).scalar_subquery())))
-        .returning(t.c.id)
+    retried = (
+        update(t)
+        .where(_chosen_ids(chosen))
+        .values(status=PENDING, attempts=0, next_attempt_at=CLOCK, **LEASE_ENDED)
+        .cte("retried")
     )
+    return select(chosen.c.id, chosen.c.dead_at).add_cte(retried)
+
+
+def _purge(status: ColumnElement[str], age: Column[datetime]) -> ReturningDelete[Any]:
+    chosen = (
+        _after_cursor(age, t.c.status == status, age < bindparam("cutoff", type_=_TIMESTAMP))
+        .with_for_update(skip_locked=True)
+        .cte("chosen")
+    )
+    return delete(t).where(_chosen_ids(chosen)).returning(t.c.id, age)
 
 
 PURGE_PUBLISHED: ReturningDelete[Any] = _purge(PUBLISHED, t.c.published_at)
-"""Delete up to ``:limit`` published rows with ``published_at < :cutoff``, oldest first,
-skipping locked rows (``ix_outbox_published_at``). Returns the deleted ids."""
+"""Delete the next ``:limit`` published rows with ``published_at < :cutoff`` after the
+cursor, oldest first, skipping locked rows (``ix_outbox_published_at``). Returns
+``(id, published_at)`` of the deleted rows."""
 
-PURGE_DEAD: ReturningDelete[Any] = _purge(DEAD, t.c.created_at)
-"""Delete up to ``:limit`` dead rows with ``created_at < :cutoff``, oldest first, skipping
-locked rows (``ix_outbox_dead_created_at_id``). Returns the deleted ids."""
+PURGE_DEAD: ReturningDelete[Any] = _purge(DEAD, t.c.dead_at)
+"""Delete the next ``:limit`` dead rows with ``dead_at < :cutoff`` after the cursor,
+earliest death first, skipping locked rows (``ix_outbox_dead_at``). Returns
+``(id, dead_at)`` of the deleted rows."""
 
 COUNT_PUBLISHED_BEFORE: Select[Any] = (
     select(func.count())
@@ -601,7 +613,7 @@ COUNT_PUBLISHED_BEFORE: Select[Any] = (
 COUNT_DEAD_BEFORE: Select[Any] = (
     select(func.count())
     .select_from(t)
-    .where(t.c.status == DEAD, t.c.created_at < bindparam("cutoff", type_=_TIMESTAMP))
+    .where(t.c.status == DEAD, t.c.dead_at < bindparam("cutoff", type_=_TIMESTAMP))
 )
 """How many rows :data:`PURGE_DEAD` would delete in all (``:cutoff``)."""
 

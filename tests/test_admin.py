@@ -98,15 +98,16 @@ async def test_retry_takes_each_row_once_even_if_it_dies_again_meanwhile(
     assert after == [(i, "dead", "x") for i in ids]
 
 
-async def test_the_filters_select_on_created_at_and_literal_prefixes(engine: AsyncEngine) -> None:
+async def test_the_filters_select_on_dead_at_and_literal_prefixes(engine: AsyncEngine) -> None:
     start = await database_now(engine)
     made = {
         name: (
             await rows(
                 engine,
-                "INSERT INTO outbox (type, payload, status, created_at)"
-                " VALUES ($1, '{}', 'dead', $2) RETURNING id",
+                "INSERT INTO outbox (type, payload, status, created_at, dead_at)"
+                " VALUES ($1, '{}', 'dead', $2, $3) RETURNING id",
                 type_,
+                start - timedelta(days=30),  # every one created long ago: only dead_at counts
                 start - age,
             )
         )[0][0]
@@ -129,6 +130,42 @@ async def test_the_filters_select_on_created_at_and_literal_prefixes(engine: Asy
         DeadFilter(type_prefix="a%", older_than=timedelta(minutes=30), ids=(made["percent"],))
     ) == [made["percent"]]
     assert await listed(DeadFilter(newer_than=timedelta(minutes=5))) == [made["young"]]
+
+
+async def test_dead_at_is_stamped_whenever_a_row_dies_and_cleared_when_it_leaves(
+    engine: AsyncEngine,
+) -> None:
+    """The trigger of outbox_0003, whatever statement changes the status."""
+    (row,) = await rows(
+        engine, "INSERT INTO outbox (type, payload) VALUES ('m.x', '{}') RETURNING id"
+    )
+    # (status, has a dead_at, dead_at stamped by this transaction)
+    state = (
+        "SELECT status, dead_at IS NOT NULL,"
+        " dead_at BETWEEN transaction_timestamp() AND statement_timestamp() FROM outbox"
+    )
+
+    async def step(change: str) -> tuple[Any, ...]:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(change)
+            return tuple((await conn.exec_driver_sql(state)).one())
+
+    assert await step("SELECT 1") == ("pending", False, None)
+    assert await step("UPDATE outbox SET status = 'in_progress'") == ("in_progress", False, None)
+    assert await step("UPDATE outbox SET status = 'dead'") == ("dead", True, True)
+    # Still dead, another change: the time of death stays.
+    assert await step("UPDATE outbox SET error = 'x', status = 'dead'") == ("dead", True, False)
+    assert await step("UPDATE outbox SET status = 'pending'") == ("pending", False, None)
+    assert await step("UPDATE outbox SET dead_at = now()") == ("pending", False, None)
+    explicit = "UPDATE outbox SET status = 'dead', dead_at = '2020-01-01T00:00:00Z'"
+    assert await step(explicit) == ("dead", True, False)
+    (dead_at,) = await rows(engine, "SELECT dead_at FROM outbox")
+    assert dead_at[0].year == 2020
+    (inserted,) = await rows(
+        engine,
+        "INSERT INTO outbox (type, payload, status) VALUES ('m.x', '{}', 'dead') RETURNING dead_at",
+    )
+    assert inserted[0] is not None and row[0] == 1
 
 
 async def test_purge_counts_then_deletes_before_the_cutoff(engine: AsyncEngine) -> None:

@@ -89,16 +89,21 @@ def add(
     *,
     age: timedelta = timedelta(0),
     published_age: timedelta | None = None,
+    dead_age: timedelta | None = None,
     attempts: int = 1,
     error: str | None = None,
 ) -> int:
-    """Insert a row created ``age`` ago (and due since then); return its id."""
+    """Insert a row created ``age`` ago and due since then (a dead one also dead since
+    then, unless ``dead_age`` says otherwise); return its id."""
+    if status == "dead" and dead_age is None:
+        dead_age = age
     row = db.execute(
         "INSERT INTO outbox (type, payload, status, attempts, error, created_at,"
-        " next_attempt_at, published_at)"
-        " VALUES (%s, '{}', %s, %s, %s, now() - %s, now() - %s, now() - %s::interval)"
+        " next_attempt_at, published_at, dead_at)"
+        " VALUES (%s, '{}', %s, %s, %s, now() - %s, now() - %s, now() - %s::interval,"
+        "         now() - %s::interval)"
         " RETURNING id",
-        (type_, status, attempts, error, age, age, published_age),
+        (type_, status, attempts, error, age, age, published_age, dead_age),
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -226,17 +231,25 @@ def test_stats_counts_per_status_and_prefix(db: psycopg.Connection[Any], databas
         "plain            0            0          1     0      1",
         "total            4            1          2     1      8",
     ]
-    assert re.fullmatch(r"oldest claimable: 3\d\.\d s ago", oldest), oldest
+    assert re.fullmatch(r"oldest claimable: (3\d\.\d s|\d+ min \d+ s) ago", oldest), oldest
 
 
 # -- dead list -----------------------------------------------------------------------------
 
 
-def test_dead_list_is_newest_first_and_filters_literally(
+def test_dead_list_is_latest_death_first_and_filters_literally(
     db: psycopg.Connection[Any], database_url: str
 ) -> None:
     old = add(db, "a_b.sent", "dead", age=timedelta(days=3), error="first\nsecond")
-    middle = add(db, "axb.sent", "dead", age=timedelta(hours=2), attempts=7, error="x" * 500)
+    middle = add(
+        db,
+        "axb.sent",
+        "dead",
+        age=timedelta(days=30),  # created long before it died: its age is its dead_at
+        dead_age=timedelta(hours=2),
+        attempts=7,
+        error="x" * 500,
+    )
     recent = add(db, "a_b.sent", "dead", age=timedelta(minutes=5))
     twin = add(db, "chat.sent", "dead", age=timedelta(minutes=5))
     add(db, "a_b.sent", "pending")
@@ -264,13 +277,17 @@ def test_dead_list_is_newest_first_and_filters_literally(
         "key": None,
         "attempts": 7,
         "created_at": first["created_at"],
+        "dead_at": first["dead_at"],
         "error": "x" * 500,
     }
-    assert datetime.fromisoformat(first["created_at"]) < datetime.now(UTC) - timedelta(hours=1)
+    now = datetime.now(UTC)
+    assert datetime.fromisoformat(first["created_at"]) < now - timedelta(days=29)
+    died = now - datetime.fromisoformat(first["dead_at"])
+    assert timedelta(hours=2) <= died < timedelta(hours=2, minutes=1)
 
     assert text.code == 0, text
     header, *lines = text.out.splitlines()
-    assert header.split() == ["id", "type", "key", "attempts", "created_at", "error"]
+    assert header.split() == ["id", "type", "key", "attempts", "died", "error"]
     assert [int(line.split()[0]) for line in lines] == [twin, recent, middle]  # --limit 3
     assert lines[2].endswith("x" * 79 + "…")  # one line, cut
 
@@ -309,6 +326,8 @@ def test_dead_retry_by_literal_prefix_and_by_age(
     lookalike = add(db, "axb.sent", "dead", attempts=5)
     old = add(db, "chat.sent", "dead", age=timedelta(days=2), attempts=5)
     young = add(db, "chat.sent", "dead", age=timedelta(hours=1), attempts=5)
+    # Created two days ago, retried, and dead again an hour ago: young.
+    reborn = add(db, "chat.sent", "dead", age=2 * timedelta(days=2), dead_age=HOUR, attempts=5)
     before = table_rows(db)
 
     dry = cli(database_url, "dead", "retry", "--type-prefix", "a_b.", "--dry-run")
@@ -325,7 +344,7 @@ def test_dead_retry_by_literal_prefix_and_by_age(
     assert by_age == Ran(0, "retried 1 dead message\n", "")
     after = table_rows(db)
     assert after == {**before, **{i: ("pending", 0) for i in [*ours, old]}}
-    assert after[lookalike] == after[young] == ("dead", 5)
+    assert after[lookalike] == after[young] == after[reborn] == ("dead", 5)
 
 
 # -- purge ---------------------------------------------------------------------------------
@@ -341,6 +360,8 @@ def test_purge_deletes_exactly_the_old_rows_in_batches(
     pending = add(db, "m.x", "pending", age=timedelta(days=9))
     old_dead = add(db, "m.x", "dead", age=timedelta(days=9))
     young_dead = add(db, "m.x", "dead", age=HOUR)
+    # Created nine days ago, but it died an hour ago: a dead letter to keep.
+    late_dead = add(db, "m.x", "dead", age=timedelta(days=9), dead_age=HOUR)
     everything = set(table_rows(db))
 
     dry = cli(database_url, "purge", "published", "--older-than", "1h", "--dry-run")
@@ -363,7 +384,7 @@ def test_purge_deletes_exactly_the_old_rows_in_batches(
     }
     assert dead == Ran(0, "purged 1 dead message older than 1d\n", "")
     assert set(table_rows(db)) == everything - {*old_published, old_dead}
-    assert {recent_published, late, pending, young_dead} <= set(table_rows(db))
+    assert {recent_published, late, pending, young_dead, late_dead} <= set(table_rows(db))
 
 
 # -- top -----------------------------------------------------------------------------------
@@ -427,10 +448,11 @@ def test_ctrl_c_ends_top_with_exit_0(database_url: str) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
-async def test_operator_statements_never_scan_the_published_history(
+async def test_operator_statements_never_read_the_published_history(
     engine: AsyncEngine, generic: bool
 ) -> None:
-    """With 20,000 published rows, no top, list, retry or purge statement reads them all."""
+    """With 20,000 published rows, each top, list, retry or purge statement reads about the
+    rows it returns, never the whole history (custom and generic plans)."""
     async with engine.begin() as conn:
         await conn.exec_driver_sql(
             "INSERT INTO outbox (type, payload, status, created_at, published_at)"
@@ -439,67 +461,88 @@ async def test_operator_statements_never_scan_the_published_history(
             " FROM generate_series(1, 20000) g"
         )
         await conn.exec_driver_sql(
-            "INSERT INTO outbox (type, payload, status, created_at, locked_until)"
+            "INSERT INTO outbox (type, payload, status, created_at, locked_until, dead_at)"
             " SELECT 'document.preprocess.v1', '{}', s, now() - g * interval '1 minute',"
-            "        CASE WHEN s = 'in_progress' THEN now() + interval '1 minute' END"
+            "        CASE WHEN s = 'in_progress' THEN now() + interval '1 minute' END,"
+            "        CASE WHEN s = 'dead' THEN now() - g * interval '1 minute' END"
             " FROM generate_series(1, 20) g, unnest(ARRAY['pending', 'in_progress', 'dead']) s"
         )
         await conn.exec_driver_sql("ANALYZE outbox")
     now = datetime.now(UTC)
     window = {"since": now - timedelta(seconds=2), "until": now}
-    dead = {"created_before": None, "created_after": None, "limit": 100}
+    dead = {"died_before": None, "died_after": None, "limit": 100}
+    walk = {**dead, "now": None, "cursor_at": None, "cursor_id": None}
     ranges = tuple(type_ranges("document.") or ())
-    statements: list[tuple[Any, dict[str, object]]] = [
-        (sql.LIVE_TOTALS, {"now": None}),
-        (sql.PUBLISHED_IN_WINDOW, window),
-        (sql.LIVE_BY_PREFIX, window),
-        (sql.dead_newest_first(False, ranges), dead),
-        (
-            sql.retry_dead_batch(True, None),
-            {**dead, "ids": [1, 2], "now": None, "cursor_created_at": None, "cursor_id": None},
-        ),
-        (sql.PURGE_PUBLISHED, {"cutoff": now - timedelta(hours=4), "limit": 1000}),
-        (sql.PURGE_DEAD, {"cutoff": now, "limit": 1000}),
+    old_enough = {"cutoff": now - timedelta(hours=4), "limit": 1000}
+    # (statement, parameters, most rows its plan may read: a few times what it returns)
+    statements: list[tuple[Any, dict[str, object], int]] = [
+        (sql.LIVE_TOTALS, {"now": None}, 200),
+        (sql.PUBLISHED_IN_WINDOW, window, 200),
+        (sql.LIVE_BY_PREFIX, window, 200),
+        (sql.dead_newest_first(False, ranges), dead, 200),
+        (sql.dead_newest_first(False, None), dead, 200),
+        (sql.dead_batch(False, ranges), walk, 200),
+        (sql.retry_dead_batch(True, None), {**walk, "ids": [1, 2]}, 200),
+        (sql.retry_dead_batch(False, None), walk, 200),
+        (sql.COUNT_DEAD_BEFORE, {"cutoff": now}, 200),
+        (sql.PURGE_DEAD, {"cutoff": now, "limit": 1000, "cursor_at": None, "cursor_id": None}, 200),
+        (sql.PURGE_PUBLISHED, {**old_enough, "cursor_at": None, "cursor_id": None}, 4000),
+        # A count of what the purge would delete reads those (5,600) rows, on the index.
+        (sql.COUNT_PUBLISHED_BEFORE, {"cutoff": now - timedelta(hours=4)}, 6000),
     ]
-    for statement in statements:
+    for statement, params, most in statements:
         async with engine.connect() as conn:
-            executed = await plan(conn, statement, generic)
+            executed = await plan(conn, (statement, params), generic)
             await conn.rollback()
         read = scans(executed)
-        assert ("Seq Scan", None) not in read, (statement[0], read)
+        assert ("Seq Scan", None) not in read, (statement, read)
+        assert rows_read(executed) <= most, (statement, rows_read(executed), read)
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
-async def test_a_retry_batch_reads_only_its_rows_when_a_large_group_died_together(
-    engine: AsyncEngine, generic: bool
+@pytest.mark.parametrize("target", ["retry dead", "purge dead", "purge published"])
+async def test_a_batch_reads_only_its_rows_however_many_came_before(
+    engine: AsyncEngine, generic: bool, target: str
 ) -> None:
-    """5,000 dead rows inserted by one transaction share ``created_at``: a batch of 100 in
-    the middle of them reads about 100 index entries, not the whole group."""
+    """A batch of 100 in the middle of 5,000 rows reads about 100 index entries, not the
+    rows before its cursor (which an old snapshot would keep in the index after a purge),
+    and not a whole group that died in one statement (one ``dead_at``)."""
+    dead = target.endswith("dead")
     async with engine.begin() as conn:
-        await conn.exec_driver_sql(
-            "INSERT INTO outbox (type, payload, status, error)"
-            " SELECT 'document.preprocess.v1', '{}', 'dead', 'x' FROM generate_series(1, 5000)"
-        )
+        if dead:  # 5,000 rows that died in one statement: one dead_at
+            await conn.exec_driver_sql(
+                "INSERT INTO outbox (type, payload, status)"
+                " SELECT 'm.x', '{}', 'dead' FROM generate_series(1, 5000)"
+            )
+        else:  # published a millisecond apart
+            await conn.exec_driver_sql(
+                "INSERT INTO outbox (type, payload, status, published_at)"
+                " SELECT 'm.x', '{}', 'published', now() - g * interval '1 millisecond'"
+                " FROM generate_series(1, 5000) g"
+            )
         await conn.exec_driver_sql("ANALYZE outbox")
-        created_at, middle = (
-            await conn.exec_driver_sql("SELECT min(created_at), min(id) + 2500 FROM outbox")
+        cursor_at, cursor_id = (
+            await conn.exec_driver_sql(
+                "SELECT coalesce(dead_at, published_at) AS age, id FROM outbox"
+                " ORDER BY age, id OFFSET 2500 LIMIT 1"
+            )
         ).one()
-    params = {
-        "created_before": None,
-        "created_after": None,
-        "limit": 100,
-        "now": None,
-        "cursor_created_at": created_at,
-        "cursor_id": middle,
-    }
+    cursor = {"limit": 100, "cursor_at": cursor_at, "cursor_id": cursor_id}
+    statement: Any
+    if target == "retry dead":
+        statement = sql.retry_dead_batch(False, None)
+        params = {**cursor, "died_before": None, "died_after": None, "now": None}
+    else:
+        statement = sql.PURGE_DEAD if dead else sql.PURGE_PUBLISHED
+        params = {**cursor, "cutoff": datetime.now(UTC)}
     async with engine.connect() as conn:
-        executed = await plan(conn, (sql.retry_dead_batch(False, None), params), generic)
+        executed = await plan(conn, (statement, params), generic)
         await conn.rollback()
-    assert ("Index Scan", "ix_outbox_dead_created_at_id") in scans(executed)
-    # The batch's 100 rows: chosen on the index, fetched by primary key, updated. With
-    # ``created_at`` alone in the index the scan read 2,500+ entries to sort them by id.
-    assert rows_read(executed) <= 400, rows_read(executed)
+    assert ("Seq Scan", None) not in scans(executed)
+    # The batch's 100 rows: chosen on the index, fetched by primary key, changed. With
+    # ``created_at`` alone in the dead index the scan read 2,500+ entries to sort them.
+    assert rows_read(executed) <= 400, (rows_read(executed), scans(executed))
 
 
 # -- durations (pure) ----------------------------------------------------------------------

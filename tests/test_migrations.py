@@ -63,13 +63,49 @@ def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
         "ix_outbox_claimable_type",
         "ix_outbox_lease",
         "ix_outbox_published_at",
-        "ix_outbox_dead_created_at_id",
+        "ix_outbox_dead_at",
         "uq_outbox_dedupe_key",
     }
     downgrade(empty_database)
     assert tables(empty_database) == {VERSION_TABLE}
     upgrade(empty_database)
     assert tables(empty_database) == {"outbox", VERSION_TABLE}
+
+
+def query(url: str, sql: str) -> list[tuple[object, ...]]:
+    async def go() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(libpq_dsn(url))
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def test_upgrading_to_dead_at_stamps_the_dead_rows_already_there(empty_database: str) -> None:
+    upgrade(empty_database, "outbox_0002")
+    query(
+        empty_database,
+        "INSERT INTO outbox (type, payload, status, created_at, next_attempt_at) VALUES"
+        " ('a.x', '{}', 'dead', '2026-01-01Z', '2026-01-02Z'),"  # rescheduled, then died
+        " ('b.x', '{}', 'dead', '2026-01-03Z', '2026-01-03Z'),"
+        " ('c.x', '{}', 'pending', '2026-01-04Z', '2026-01-04Z')",
+    )
+    upgrade(empty_database)
+    rows = query(
+        empty_database,
+        "SELECT type, to_char(dead_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')"
+        " FROM outbox ORDER BY id",
+    )
+    assert rows == [("a.x", "2026-01-02 00:00"), ("b.x", "2026-01-03 00:00"), ("c.x", None)]
+    downgrade(empty_database, "outbox_0002")
+    assert "ix_outbox_dead_created_at" in indexes(empty_database)
+    columns = names(
+        empty_database,
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'outbox'",
+    )
+    assert "dead_at" not in columns
 
 
 def test_what_autogenerate_cannot_see_matches_the_metadata(empty_database: str) -> None:
@@ -86,7 +122,7 @@ def test_what_autogenerate_cannot_see_matches_the_metadata(empty_database: str) 
         "btree (type, next_attempt_at, id) WHERE (status = 'pending'::text)",
         "btree (locked_until) WHERE (status = 'in_progress'::text)",
         "btree (published_at) WHERE (status = 'published'::text)",
-        "btree (created_at, id) WHERE (status = 'dead'::text)",
+        "btree (dead_at, id) WHERE (status = 'dead'::text)",
         "btree (dedupe_key) WHERE (dedupe_key IS NOT NULL)",
     }
     collations = names(
@@ -101,6 +137,15 @@ def test_what_autogenerate_cannot_see_matches_the_metadata(empty_database: str) 
         "locked_by:-",
         "error:-",
         "dedupe_key:-",
+    }
+    triggers = names(
+        empty_database,
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'outbox'::regclass AND NOT tgisinternal",
+    )
+    assert triggers == {
+        "outbox_notify_on_insert",
+        "outbox_dead_at_on_insert",
+        "outbox_dead_at_on_update",
     }
 
 

@@ -27,8 +27,6 @@ DEFAULT_BATCH_SIZE = 1000
 DEFAULT_TOP_INTERVAL = 2.0
 MAX_LIST_LIMIT = 10_000
 
-_AGE_HELP = "measured on created_at (there is no died-at column)"
-
 
 def duration(text: str) -> timedelta:
     """An argparse type: a duration (see :mod:`outbox.cli.durations`)."""
@@ -113,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     dead_group = commands.add_parser(
         "dead", help="List or retry dead messages.", description="List or retry dead messages."
     ).add_subparsers(dest="dead_command", metavar="ACTION", required=True)
-    sub = command(dead_group, "list", dead.list_command, "Dead messages, newest first.")
+    sub = command(dead_group, "list", dead.list_command, "Dead messages, latest death first.")
     _dead_selectors(sub)
     sub.add_argument(
         "--limit",
@@ -140,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "target",
         choices=[t.value for t in PurgeTarget],
-        help="published (aged by published_at) or dead (aged by created_at)",
+        help="published (aged by published_at) or dead (aged by dead_at, when they died)",
     )
     sub.add_argument("--older-than", type=duration, required=True, metavar="AGE")
     _batch_options(sub)
@@ -196,10 +194,10 @@ def _dead_selectors(parser: argparse.ArgumentParser) -> None:
         help="types starting with P, literally (_ and %% match only themselves)",
     )
     parser.add_argument(
-        "--older-than", type=duration, metavar="AGE", help=f"created before AGE ago; {_AGE_HELP}"
+        "--older-than", type=duration, metavar="AGE", help="died more than AGE ago (dead_at)"
     )
     parser.add_argument(
-        "--newer-than", type=duration, metavar="AGE", help=f"created within AGE; {_AGE_HELP}"
+        "--newer-than", type=duration, metavar="AGE", help="died within the last AGE (dead_at)"
     )
 
 

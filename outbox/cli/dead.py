@@ -26,7 +26,7 @@ def selection_of(args: argparse.Namespace) -> DeadFilter:
 
 
 def list_command(args: argparse.Namespace) -> int:
-    """Print up to ``--limit`` selected dead messages, newest first."""
+    """Print up to ``--limit`` selected dead messages, latest death first."""
 
     async def fetch() -> list[DeadMessage]:
         async with connected(target_of(args)) as conn:
@@ -38,12 +38,12 @@ def list_command(args: argparse.Namespace) -> int:
     elif not messages:
         print("no dead messages match")
     else:
-        headers = ["id", "type", "key", "attempts", "created_at", "error"]
+        headers = ["id", "type", "key", "attempts", "died", "error"]
         rows: list[list[Cell]] = [
-            [m.id, m.type, m.key or "-", m.attempts, format_time(m.created_at), one_line(m.error)]
+            [m.id, m.type, m.key or "-", m.attempts, format_time(m.dead_at), one_line(m.error)]
             for m in messages
         ]
-        print("\n".join(table(headers, rows, left=["type", "key", "created_at", "error"])))
+        print("\n".join(table(headers, rows, left=["type", "key", "died", "error"])))
     return EXIT_OK
 
 
@@ -54,6 +54,7 @@ def _as_json(message: DeadMessage) -> dict[str, object]:
         "key": message.key,
         "attempts": message.attempts,
         "created_at": message.created_at.isoformat(),
+        "dead_at": message.dead_at.isoformat(),
         "error": message.error,
     }
 
