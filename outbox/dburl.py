@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -10,6 +12,8 @@ from outbox.errors import ConfigurationError
 __all__ = ["async_database_url", "libpq_dsn", "redacted_url"]
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql"}
+_SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+"""libpq's ``sslmode`` values (asyncpg's ``ssl=`` takes the same)."""
 
 
 def async_database_url(url: str | URL) -> URL:
@@ -35,19 +39,38 @@ def libpq_dsn(url: str | URL) -> str:
 def _parse(url: str | URL) -> URL:
     try:
         parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: a malformed host or port
         raise ConfigurationError(f"not a database URL: {redacted_url(url)!r}") from exc
     if parsed.get_backend_name() not in _POSTGRES_SCHEMES:
         raise ConfigurationError(f"expected a postgresql:// URL, got scheme {parsed.drivername!r}")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ConfigurationError(f"port {parsed.port} is not a TCP port (1-65535)")
+    for name in ("sslmode", "ssl"):
+        mode = parsed.query.get(name)
+        if mode is not None and mode not in _SSL_MODES:
+            raise ConfigurationError(
+                f"{name}={mode!r} is not one of {', '.join(sorted(_SSL_MODES))}"
+            )
     return parsed
 
 
+_SECRET_PARAMETER = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
+NOT_SHOWN = "(not shown: not a URL, and it may hold a password)"
+
+
 def redacted_url(url: str | URL) -> str:
-    """``url`` with its password (if any) shown as ``***``, for logs and error messages."""
-    text = str(url)
-    if "@" in text and "://" in text:
-        scheme, rest = text.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return text
+    """``url`` for logs and error messages, never its password.
+
+    The user part becomes ``user:***`` (whether or not it had a password) and
+    ``password=`` / ``sslpassword=`` query values become ``***``. Text that is not
+    ``scheme://...`` but looks like settings (``host=db password=...``: an ``=`` or ``@`` in
+    it) is replaced by :data:`NOT_SHOWN`.
+    """
+    text = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
+    if "://" not in text:
+        return NOT_SHOWN if "=" in text or "@" in text else text
+    scheme, rest = text.split("://", 1)
+    if "@" in rest:
+        creds, rest = rest.rsplit("@", 1)
+        rest = f"{creds.split(':', 1)[0]}:***@{rest}"
+    return scheme + "://" + _SECRET_PARAMETER.sub(r"\1***", rest)

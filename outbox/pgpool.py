@@ -28,7 +28,10 @@ opposed to rejecting a statement: no connection, a dropped one, a server shuttin
 
 
 def is_unreachable(exc: BaseException) -> bool:
-    """True when ``exc`` means PostgreSQL is unreachable now (see :data:`UNREACHABLE_ERRORS`)."""
+    """True when ``exc`` means PostgreSQL is unreachable now (see :data:`UNREACHABLE_ERRORS`);
+    not for asyncpg's configuration errors (a bad SSL setting, say), which no retry mends."""
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        return False
     return isinstance(exc, UNREACHABLE_ERRORS)
 
 

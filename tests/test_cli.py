@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import statements as sql
@@ -151,14 +152,35 @@ def test_usage_errors_exit_2_and_name_the_argument(database_url: str) -> None:
 
 def test_an_unreachable_database_exits_3_without_showing_the_password() -> None:
     port = free_port()
-    url = f"postgresql://root:sekret@127.0.0.1:{port}/postgres"
+    url = f"postgresql://root:sekret@127.0.0.1:{port}/postgres?password=sekret"
     for ran in cli_many(url, ["stats"], ["migrate"], ["top", "--iterations", "1"]):
         assert ran.code == 3, ran
         assert ran.out == ""
-        assert ran.err.startswith(
-            f"outbox: cannot reach PostgreSQL at postgresql://root:***@127.0.0.1:{port}/postgres: "
-        ), ran.err
+        shown = f"postgresql://root:***@127.0.0.1:{port}/postgres?password=***"
+        assert ran.err.startswith(f"outbox: cannot reach PostgreSQL at {shown}: "), ran.err
         assert "sekret" not in ran.err
+
+
+def test_bad_urls_exit_2_and_never_show_a_password(database_url: str) -> None:
+    no_such_database = make_url(database_url).set(database="no_such_db_here", password="sekret")
+    cases = {
+        "postgresql://u:sekret@[::1/db": "outbox: DATABASE_URL: not a database URL:"
+        " 'postgresql://u:***@[::1/db'\n",
+        "postgresql://u:sekret@h:99999/db": "outbox: DATABASE_URL: port 99999 is not a TCP port"
+        " (1-65535)\n",
+        "postgresql://u:sekret@h/db?sslmode=bogus": "outbox: DATABASE_URL: sslmode='bogus' is"
+        " not one of allow, disable, prefer, require, verify-ca, verify-full\n",
+        "host=db user=app password=sekret": "outbox: DATABASE_URL: not a database URL:"
+        " '(not shown: not a URL, and it may hold a password)'\n",
+    }
+    for url, err in cases.items():
+        assert cli(url, "stats") == Ran(2, "", err), url
+    refused = cli(no_such_database.render_as_string(hide_password=False), "stats")
+    assert refused.code == 2, refused
+    assert refused.err.startswith("outbox: cannot use PostgreSQL at "), refused.err
+    assert 'database "no_such_db_here" does not exist' in refused.err
+    assert refused.err.endswith("(check DATABASE_URL / --database-url)\n")
+    assert "sekret" not in refused.err
 
 
 @pytest.fixture

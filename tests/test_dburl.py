@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from outbox import ConfigurationError, async_database_url
-from outbox.dburl import libpq_dsn
+from outbox.dburl import libpq_dsn, redacted_url
 
 
 @pytest.mark.parametrize(
@@ -42,4 +42,35 @@ def test_sslmode_becomes_asyncpgs_ssl_and_stays_for_libpq() -> None:
 def test_bad_urls_are_named_without_their_password(url: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message) as caught:
         async_database_url(url)
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://app:hunter2@db:5432/app", "postgresql://app:***@db:5432/app"),
+        ("postgresql://app@db/app", "postgresql://app:***@db/app"),
+        ("postgresql://db/app?password=hunter2&x=1", "postgresql://db/app?password=***&x=1"),
+        ("postgresql://a@db/app?sslpassword=hunter2", "postgresql://a:***@db/app?sslpassword=***"),
+        ("postgresql://a:hunter2@[::1/app", "postgresql://a:***@[::1/app"),
+        ("host=db password=hunter2", "(not shown: not a URL, and it may hold a password)"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_redacted_urls_never_show_a_password(url: str, shown: str) -> None:
+    assert redacted_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://a:hunter2@[::1/app", "not a database URL"),
+        ("postgresql://a:hunter2@db:0/app", "port 0 is not a TCP port"),
+        ("postgresql://a:hunter2@db:70000/app", "port 70000 is not a TCP port"),
+        ("postgresql://a:hunter2@db/app?sslmode=sometimes", "sslmode='sometimes' is not one of"),
+    ],
+)
+def test_malformed_urls_are_configuration_errors(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        libpq_dsn(url)
     assert "hunter2" not in str(caught.value)

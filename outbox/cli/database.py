@@ -25,8 +25,13 @@ __all__ = ["Target", "connected", "explain_failure", "target_of"]
 
 APPLICATION_NAME = "outbox-cli"
 _UNDEFINED_TABLE = "42P01"
-_REJECTED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
-"""The server answered but refused this login or database: the URL is wrong."""
+_REJECTED = (
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.ClientConfigurationError,
+)
+"""The URL is wrong: the server refused this login or database, or the client cannot use
+the URL's connection settings (an SSL file, say)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ def explain_failure(exc: BaseException, target: Target) -> CommandError | None:
         if isinstance(cause, _REJECTED):
             return CommandError(
                 EXIT_USAGE,
-                f"PostgreSQL at {target.redacted} refused the connection: {cause}"
+                f"cannot use PostgreSQL at {target.redacted}: {cause}"
                 " (check DATABASE_URL / --database-url)",
             )
         if getattr(cause, "sqlstate", None) == _UNDEFINED_TABLE:
