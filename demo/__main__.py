@@ -9,6 +9,10 @@ Exit codes: ``0`` everything committed was delivered or dead-lettered as expecte
 something was not (the summary says what), or a process died; ``2`` a bad option; ``3``
 something could not start (the message says what); ``130`` Ctrl-C before the flow began.
 Ctrl-C during the flow stops producing, drains, and ends with the summary as usual.
+
+Signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal closed) all mean "stop". The
+first one before the flow unwinds start-up; from then on, and after the flow, signals only
+say that the demo is stopping, so no second Ctrl-C can cut the clean-up short.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import secrets
 import shutil
 import signal
@@ -37,7 +42,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANNOT_START, EXIT_INTERRUPTED = 0, 1, 2,
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = _parser().parse_args(argv)  # exits 2 on a bad option
+    parser = _parser()
+    options = parser.parse_args(argv)  # exits 2 on a bad option
+    if options.chat_rate == 0 and options.document_rate == 0:
+        parser.error("--chat-rate and --document-rate are both 0: nothing would flow")
     traffic = Traffic(
         seconds=options.seconds,
         chat_rate=options.chat_rate,
@@ -49,12 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="demo: %(message)s", stream=sys.stdout)
     for noisy in ("httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _interrupt_once_on(STOP_SIGNALS)
     run_id = secrets.token_hex(4)
     log_dir = Path(tempfile.mkdtemp(prefix=f"outbox-demo-{run_id}-"))
     say(f"run {run_id}; the processes' logs are in {log_dir}")
     try:
         summary, crashed = _run(traffic, run_id, log_dir, keep=options.keep)
     except KeyboardInterrupt:
+        if not options.keep:
+            shutil.rmtree(log_dir, ignore_errors=True)
         say("interrupted before the flow began; everything started is stopped")
         return EXIT_INTERRUPTED
     except (StartFailed, CannotCreateDatabase) as exc:
@@ -91,15 +102,30 @@ def _run(traffic: Traffic, run_id: str, log_dir: Path, *, keep: bool) -> tuple[S
     return outcome
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt_once_on(signals: tuple[signal.Signals, ...]) -> None:
+    """The first of ``signals`` raises ``KeyboardInterrupt`` (start-up unwinds through its
+    clean-ups); every one after it only says that the demo is stopping."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        _stopping_now()
+        raise KeyboardInterrupt
+
+    for sig in signals:
+        signal.signal(sig, interrupt)
+
+
 def _stopping_now() -> None:
-    """From here on a Ctrl-C only says that the demo is stopping: the stop is bounded, and
-    whatever an interrupted stop would leave gets SIGTERM when the demo exits anyway."""
+    """From here on a stop signal only says that the demo is stopping: every stop is
+    bounded, and whatever would be left gets SIGTERM when the demo exits anyway."""
 
     def note(signum: int, frame: object) -> None:
         say("stopping, one moment")
 
-    signal.signal(signal.SIGINT, note)
-    signal.signal(signal.SIGTERM, note)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, note)
 
 
 def say(line: str) -> None:
@@ -139,7 +165,7 @@ def _number(kind: Callable[[str], float], above: float | None = None) -> Callabl
             value = kind(text)
         except ValueError:
             value = -1.0
-        if value < 0 or (above is not None and value <= above):
+        if not math.isfinite(value) or value < 0 or (above is not None and value <= above):
             limit = f"above {above:g}" if above is not None else "0 or more"
             raise argparse.ArgumentTypeError(f"{text!r}: must be a number {limit}")
         return value

@@ -1,8 +1,8 @@
 """One run of traffic through a running stack: produce, drain, summarize.
 
-The first SIGINT/SIGTERM (Ctrl-C) ends producing early; the run then drains what is
-queued (at most ``drain_timeout`` seconds) and summarizes as usual. A second one skips
-the rest of the drain.
+The first SIGINT/SIGTERM/SIGHUP (Ctrl-C) ends producing early; the run then drains what
+is queued (at most ``drain_timeout`` seconds) and summarizes as usual. A second one skips
+the rest of the drain. Signals are received until the summary is taken.
 """
 
 from __future__ import annotations
@@ -79,15 +79,15 @@ async def run_traffic(
             with anyio.move_on_after(traffic.drain_timeout):
                 await _drain(engine, sent, received, stops)
             await view.sample()
+            summary = await summarize(engine, sent, received, time.monotonic() - started)
             group.cancel_scope.cancel()
-        summary = await summarize(engine, sent, received, time.monotonic() - started)
     finally:
         await engine.dispose()
     return summary, stops.crashed
 
 
 async def _watch_signals(stops: _Stops) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for _ in signals:
             stops.interrupts += 1
 

@@ -9,6 +9,7 @@ sidecar's parsing processes go with it. Nothing is left running either way.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import signal
@@ -21,9 +22,11 @@ from pathlib import Path
 
 import httpx
 
-from outbox.devservers import die_with_parent, free_port
+from outbox.devservers import die_with_parent, free_ports, stop_process
 
 __all__ = ["CHANNEL_PREFIX", "Child", "Stack", "StartFailed", "running_stack"]
+
+log = logging.getLogger("demo")
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -64,14 +67,11 @@ class Child:
         return ""
 
     def stop(self) -> None:
-        """SIGTERM, wait up to :data:`STOP_TIMEOUT`, then SIGKILL the whole process group."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(STOP_TIMEOUT)
+        """SIGTERM, wait up to :data:`STOP_TIMEOUT` (then SIGKILL), and SIGKILL whatever is
+        left of its process group (the sidecar's parsing processes)."""
+        stop_process(self.process, signal.SIGTERM, STOP_TIMEOUT)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
 
 
 @dataclass
@@ -94,12 +94,14 @@ class Stack:
 @contextlib.contextmanager
 def running_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[Stack]:
     """Start the sidecar, then both workers; yield once all three are ready; stop the workers
-    (draining their in-flight work), then the sidecar, whatever happens.
+    (draining their in-flight work), then the sidecar, whatever happens: each stop is
+    tried even if another failed. The caller keeps signals from interrupting the stops
+    (see ``demo.__main__``).
 
     The chat worker publishes per room: room ``k`` on ``{CHANNEL_PREFIX}k``.
     """
     token = secrets.token_urlsafe(24)
-    sidecar_port = free_port()
+    sidecar_port, chat_port, document_port = free_ports(3)
     common = {**os.environ, "DATABASE_URL": database_url, "LOG_FORMAT": "json"}
     started: list[Child] = []
     try:
@@ -112,7 +114,6 @@ def running_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[
             f"http://127.0.0.1:{sidecar_port}/healthz",
         )
         worker = {**common, "METRICS_HOST": "127.0.0.1", "SHUTDOWN_GRACE_SECONDS": "5"}
-        chat_port, document_port = free_port(), free_port()
         chat = _start(
             started,
             "chat-worker",
@@ -152,7 +153,10 @@ def running_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[
         yield Stack(sidecar, chat, document)
     finally:
         for child in reversed(started):  # the workers drain before the sidecar goes
-            child.stop()
+            try:
+                child.stop()
+            except Exception as exc:  # the next child is stopped all the same
+                log.warning("could not stop %s (pid %d): %s", child.name, child.process.pid, exc)
 
 
 def _start(

@@ -46,8 +46,10 @@ __all__ = [
     "LocalServices",
     "die_with_parent",
     "free_port",
+    "free_ports",
     "local_services",
     "start_throwaway",
+    "stop_process",
     "stop_throwaway",
     "throwaway_postgres",
     "throwaway_redis",
@@ -88,7 +90,9 @@ def stop_throwaway(url: str) -> None:
     :func:`start_throwaway` brings it back on the same port.
     """
     server = _RUNNING[url]
-    _stop(server.process, signal.SIGINT if server.stop_signal == signal.SIGQUIT else signal.SIGTERM)
+    stop_process(
+        server.process, signal.SIGINT if server.stop_signal == signal.SIGQUIT else signal.SIGTERM
+    )
 
 
 def start_throwaway(url: str) -> None:
@@ -238,7 +242,7 @@ def throwaway_postgres(bindir: Path | None = None) -> Iterator[str]:
             yield url
         finally:
             del _RUNNING[url]
-            _stop(running.process, signal.SIGQUIT)  # immediate shutdown: data is thrown away
+            stop_process(running.process, signal.SIGQUIT)  # immediate shutdown: data is thrown away
             log.info("stopped throwaway PostgreSQL on port %d", port)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -353,7 +357,7 @@ def _start_on_free_port(
                 raise
             log.info("server exited at start on port %d; trying another port", port)
         except BaseException:
-            _stop(process, stop_signal)
+            stop_process(process, stop_signal)
             raise
     raise AssertionError("unreachable")
 
@@ -375,11 +379,14 @@ def _wait_for_postgres(data: Path, process: subprocess.Popen[bytes], log_file: P
     raise RuntimeError(f"postgres was not ready within {START_TIMEOUT}s")
 
 
-def _stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def stop_process(
+    process: subprocess.Popen[bytes], sig: signal.Signals, timeout: float = 15.0
+) -> None:
+    """Send ``sig`` (unless it has exited), wait up to ``timeout`` s, then SIGKILL it."""
     if process.poll() is None:
         process.send_signal(sig)
     try:
-        process.wait(timeout=15)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -456,7 +463,7 @@ def throwaway_redis(binary: Path | None = None) -> Iterator[str]:
         yield url
     finally:
         del _RUNNING[url]
-        _stop(running.process, signal.SIGTERM)
+        stop_process(running.process, signal.SIGTERM)
         shutil.rmtree(workdir, ignore_errors=True)
         log.info("stopped throwaway Redis on port %d", port)
 
@@ -501,9 +508,19 @@ def _wait_for_redis(port: int, process: subprocess.Popen[bytes]) -> None:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different TCP ports on 127.0.0.1 that nothing listens on right now (each
+    held until all are found, so the kernel cannot hand out one twice)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def _package_dir(name: str) -> Path | None:

@@ -155,10 +155,56 @@ def test_ctrl_c_on_a_bare_machine_stops_everything_it_started(summary_path: Path
     assert still_running(env) == []
 
 
-def test_bad_options_exit_2() -> None:
-    code, out = run_demo(demo_env(None), "--seconds", "0", timeout=30)
+def test_sigterm_then_ctrl_c_during_start_up_leave_nothing_behind(services: LocalServices) -> None:
+    """A SIGTERM while the stack starts unwinds start-up; a Ctrl-C during that clean-up
+    only says that the demo is stopping, and cannot cut it short."""
+    env = demo_env(services)
+    before = demo_databases(services)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "demo", "--seconds", "30"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert demo.stdout is not None
+    lines: list[str] = []
+    try:
+        while not any("starting the sidecar and both workers" in line for line in lines):
+            line = demo.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        os.killpg(demo.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        os.killpg(demo.pid, signal.SIGINT)
+        rest, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    out = "".join(lines) + rest
+    assert demo.returncode == 130, out
+    assert "interrupted before the flow began; everything started is stopped" in out
+    assert still_running(env) == []
+    assert demo_databases(services) == before
+    log_dir = re.search(r"logs are in (\S+)", out)
+    assert log_dir is not None and not Path(log_dir.group(1)).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seconds", "0"], "--seconds: '0': must be a number above 0"),
+        (["--chat-rate", "nan"], "--chat-rate: 'nan': must be a number 0 or more"),
+        (["--chat-rate", "0", "--document-rate", "0"], "both 0: nothing would flow"),
+    ],
+)
+def test_bad_options_exit_2(args: list[str], message: str) -> None:
+    code, out = run_demo(demo_env(None), *args, timeout=30)
     assert code == 2
-    assert "--seconds: '0': must be a number above 0" in out
+    assert message in out
 
 
 def test_a_worker_that_cannot_start_is_reported_and_everything_stops(
