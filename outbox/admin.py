@@ -24,6 +24,7 @@ from outbox._db import AsyncDB, fetch_all
 from outbox.errors import InvalidArgumentError
 from outbox.prefixes import TypeRange, type_ranges
 from outbox.schema import OUTBOX_TABLE_NAME, Status
+from outbox.storage import checked_now
 
 __all__ = [
     "DeadFilter",
@@ -50,7 +51,7 @@ BatchCallback = Callable[[int, int], None]
 
 async def database_now(db: AsyncDB, *, now: datetime | None = None) -> datetime:
     """``now`` if given (it must be timezone-aware), else the database clock."""
-    _check_now(now)
+    checked_now(now)
     rows = await fetch_all(db, sql.DATABASE_CLOCK, {"now": now})
     clock: datetime = rows[0][0]
     return clock
@@ -310,7 +311,7 @@ async def live_sample(
     published rate and lags from the rows published since ``previous`` was taken (read on
     ``ix_outbox_published_at``). Three statements.
     """
-    _check_now(now)
+    checked_now(now)
     taken_at, max_id, pending, in_progress, dead, age = (
         await fetch_all(db, sql.LIVE_TOTALS, {"now": now})
     )[0]
@@ -349,11 +350,6 @@ async def live_sample(
 
 
 # -- checks --------------------------------------------------------------------------------
-
-
-def _check_now(now: datetime | None) -> None:
-    if now is not None and now.utcoffset() is None:
-        raise InvalidArgumentError("now must be a timezone-aware datetime")
 
 
 def _check_batch(name: str, value: int) -> None:

@@ -110,7 +110,7 @@ def claim_statement(
         "limit": limit,
         "worker_id": worker_id,
         "lease": _seconds("lock_seconds", lock_seconds, positive=True),
-        "now": _checked_now(now),
+        "now": checked_now(now),
     }
     if ranges is None:
         return sql.claim(None), params
@@ -248,7 +248,7 @@ def reap_statement(
 def _reap_params(max_attempts: int, limit: int, now: datetime | None) -> dict[str, Any]:
     _check_limit(limit)
     _check_max_attempts(max_attempts)
-    return {"max_attempts": max_attempts, "limit": limit, "now": _checked_now(now)}
+    return {"max_attempts": max_attempts, "limit": limit, "now": checked_now(now)}
 
 
 async def _run_fenced(
@@ -261,7 +261,7 @@ async def _run_fenced(
 ) -> Rows:
     """Run an acknowledgement on the leases of ``messages`` (nothing to do: no round trip)."""
     _check_worker(worker_id)
-    params = {"worker_id": worker_id, "now": _checked_now(now), **values}
+    params = {"worker_id": worker_id, "now": checked_now(now), **values}
     if not messages:
         return []
     params["lease_ids"] = [m.id for m in messages]
@@ -314,7 +314,8 @@ def _retry_delay(
     return _seconds("delay", chosen, positive=False).total_seconds()
 
 
-def _checked_now(now: datetime | None) -> datetime | None:
+def checked_now(now: datetime | None) -> datetime | None:
+    """``now`` unchanged, if it is ``None`` or timezone-aware; else InvalidArgumentError."""
     if now is not None and now.utcoffset() is None:
         raise InvalidArgumentError("now must be a timezone-aware datetime")
     return now

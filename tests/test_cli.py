@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import statements as sql
 from outbox.cli.durations import format_duration, parse_duration
+from outbox.cli.exits import IN_FLIGHT
+from outbox.cli.render import messages
 from outbox.dburl import libpq_dsn
 from outbox.devservers import LocalServices, free_port
 from outbox.prefixes import type_ranges
@@ -407,6 +410,35 @@ def test_purge_deletes_exactly_the_old_rows_in_batches(
     assert dead == Ran(0, "purged 1 dead message older than 1d\n", "")
     assert set(table_rows(db)) == everything - {*old_published, old_dead}
     assert {recent_published, late, pending, young_dead, late_dead} <= set(table_rows(db))
+
+
+def test_ctrl_c_during_a_purge_reports_exactly_what_was_deleted(
+    db: psycopg.Connection[Any], database_url: str
+) -> None:
+    db.execute(
+        "INSERT INTO outbox (type, payload, status, published_at)"
+        " SELECT 'm.x', '{}', 'published', now() - interval '2 days' FROM generate_series(1, 50000)"
+    )
+    process = start(["purge", "published", "--older-than", "1d", "--batch-size", "1"], database_url)
+    try:
+        deadline = time.monotonic() + 30
+        while db.execute("SELECT count(*) > 49900 FROM outbox").fetchone() == (True,):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=10)
+    finally:
+        process.kill()
+    left = db.execute("SELECT count(*) FROM outbox").fetchone()
+    assert left is not None and 0 < left[0] < 50000
+    assert (process.returncode, out) == (130, "")
+    purged = 50000 - left[0]
+    # The last batch may have committed after the command stopped listening.
+    reported = {
+        f"outbox: interrupted: at least {messages(n, 'published')} purged {IN_FLIGHT}\n"
+        for n in (purged, purged - 1)
+    }
+    assert err in reported, err
 
 
 # -- top -----------------------------------------------------------------------------------

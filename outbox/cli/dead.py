@@ -8,7 +8,7 @@ import sys
 
 from outbox.admin import DeadFilter, DeadMessage, RetryResult, list_dead, retry_dead
 from outbox.cli.database import connected, target_of
-from outbox.cli.exits import EXIT_OK
+from outbox.cli.exits import EXIT_INTERRUPTED, EXIT_OK, IN_FLIGHT, CommandError
 from outbox.cli.render import Cell, Progress, format_time, json_text, messages, one_line, table
 
 __all__ = ["list_command", "retry_command"]
@@ -72,10 +72,16 @@ def retry_command(args: argparse.Namespace) -> int:
                 selection_of(args),
                 batch_size=args.batch_size,
                 dry_run=args.dry_run,
-                on_batch=lambda _, total: progress.update(f"{verb} {total} so far..."),
+                on_batch=lambda _, total: progress.update(f"{verb} {total} so far...", done=total),
             )
 
-    result = asyncio.run(retry())
+    try:
+        result = asyncio.run(retry())
+    except KeyboardInterrupt:
+        progress.finish()
+        action = "counted" if args.dry_run else "retried"
+        done = f"at least {messages(progress.done, 'dead')} {action}"
+        raise CommandError(EXIT_INTERRUPTED, f"interrupted: {done} {IN_FLIGHT}") from None
     progress.finish()
     if args.json:
         report = {"retried": result.retried, "not_dead": sorted(result.not_dead)}

@@ -10,6 +10,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "IN_FLIGHT",
     "CommandError",
 ]
 
@@ -29,6 +30,11 @@ exit codes:
   3    PostgreSQL unreachable (refused, timed out, connection lost)
   4    PostgreSQL reachable but the outbox table is missing: run `outbox migrate`
   130  interrupted (Ctrl-C); `outbox top` exits 0 on Ctrl-C, its normal way out"""
+
+
+IN_FLIGHT = "(and the batch in flight, if its commit got through: batches apply whole)"
+"""What an interrupted batched command adds to its count: the last batch's statement may
+have committed on the server after the client stopped listening."""
 
 
 class CommandError(Exception):

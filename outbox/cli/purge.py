@@ -8,7 +8,7 @@ import asyncio
 from outbox.admin import PurgeTarget, purge
 from outbox.cli.database import connected, target_of
 from outbox.cli.durations import format_duration
-from outbox.cli.exits import EXIT_OK
+from outbox.cli.exits import EXIT_INTERRUPTED, EXIT_OK, IN_FLIGHT, CommandError
 from outbox.cli.render import Progress, json_text, messages
 
 __all__ = ["run"]
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     def on_batch(deleted: int, total: int) -> None:
         nonlocal batches
         batches += 1
-        progress.update(f"batch {batches}: {deleted} deleted, {total} so far...")
+        progress.update(f"batch {batches}: {deleted} deleted, {total} so far...", done=total)
 
     async def go() -> int:
         async with connected(target_of(args)) as conn:
@@ -38,7 +38,12 @@ def run(args: argparse.Namespace) -> int:
                 on_batch=on_batch,
             )
 
-    count = asyncio.run(go())
+    try:
+        count = asyncio.run(go())
+    except KeyboardInterrupt:
+        progress.finish()
+        done = f"at least {messages(progress.done, target.value)} purged"
+        raise CommandError(EXIT_INTERRUPTED, f"interrupted: {done} {IN_FLIGHT}") from None
     progress.finish()
     age = format_duration(args.older_than)
     if args.json:

@@ -100,14 +100,20 @@ def json_text(value: object, *, compact: bool = False) -> str:
 
 
 class Progress:
-    """A progress line on stderr, rewritten in place; silent unless stderr is a terminal."""
+    """A progress line on stderr, rewritten in place; silent unless stderr is a terminal.
+
+    ``done`` is the running total of rows committed so far (what an interruption reports).
+    """
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self._active = self._stream.isatty()
         self._shown = False
+        self.done = 0
 
-    def update(self, text: str) -> None:
+    def update(self, text: str, *, done: int | None = None) -> None:
+        if done is not None:
+            self.done = done
         if self._active:
             self._stream.write(f"\r\x1b[K{text}")
             self._stream.flush()
