@@ -189,6 +189,31 @@ async def test_purge_counts_then_deletes_before_the_cutoff(engine: AsyncEngine) 
     assert await purge(engine, PurgeTarget.DEAD, **kwargs) == 0
 
 
+async def test_rows_another_transaction_holds_are_skipped_not_waited_for(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    ids = [
+        r[0]
+        for r in await rows(
+            engine,
+            "INSERT INTO outbox (type, payload, status, dead_at)"
+            " SELECT 'm.x', '{}', 'dead', now() - g * interval '1 day'"
+            " FROM generate_series(1, 4) g ORDER BY g RETURNING id",
+        )
+    ]
+    held = ids[1]
+    with psycopg.connect(libpq_dsn(database_url)) as other:
+        other.execute("SELECT 1 FROM outbox WHERE id = %s FOR UPDATE", (held,))
+        result = await retry_dead(engine, DeadFilter(ids=(ids[0], held)), batch_size=1)
+        assert result.retried == 1
+        assert await purge(engine, PurgeTarget.DEAD, older_than=timedelta(hours=1)) == 2
+        other.rollback()
+    assert await rows(engine, "SELECT id, status FROM outbox ORDER BY id") == [
+        (ids[0], "pending"),
+        (held, "dead"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

@@ -383,6 +383,7 @@ def test_purge_deletes_exactly_the_old_rows_in_batches(
     # Created long ago but published recently: its age is its published_at.
     late = add(db, "m.x", "published", age=timedelta(days=9), published_age=timedelta(0))
     pending = add(db, "m.x", "pending", age=timedelta(days=9))
+    leased = add(db, "m.x", "in_progress", age=timedelta(days=9))
     old_dead = add(db, "m.x", "dead", age=timedelta(days=9))
     young_dead = add(db, "m.x", "dead", age=HOUR)
     # Created nine days ago, but it died an hour ago: a dead letter to keep.
@@ -409,7 +410,7 @@ def test_purge_deletes_exactly_the_old_rows_in_batches(
     }
     assert dead == Ran(0, "purged 1 dead message older than 1d\n", "")
     assert set(table_rows(db)) == everything - {*old_published, old_dead}
-    assert {recent_published, late, pending, young_dead, late_dead} <= set(table_rows(db))
+    assert {recent_published, late, pending, leased, young_dead, late_dead} <= set(table_rows(db))
 
 
 def test_ctrl_c_during_a_purge_reports_exactly_what_was_deleted(
