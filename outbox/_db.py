@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Executable
+from sqlalchemy import Executable, text
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 
-__all__ = ["AsyncDB", "Rows", "SyncDB", "fetch_all"]
+__all__ = ["AsyncDB", "Rows", "SyncDB", "execute_text", "fetch_all"]
 
 AsyncDB = AsyncEngine | AsyncConnection | AsyncSession | Any
 """An engine (own transaction per call), a connection/session (the caller's transaction), or
@@ -52,6 +52,19 @@ async def fetch_all(
     compiled = _compiled(statement)
     records: Rows = await db.fetch(compiled.sql, *compiled.arguments(params or {}))
     return records  # asyncpg Records index and unpack like tuples
+
+
+async def execute_text(db: AsyncDB, statement: str) -> None:
+    """Run one fixed SQL text that returns no rows (maintenance such as ``ANALYZE``)."""
+    if isinstance(db, AsyncEngine):
+        async with db.begin() as conn:
+            await conn.exec_driver_sql(statement)
+    elif isinstance(db, AsyncConnection):
+        await db.exec_driver_sql(statement)
+    elif isinstance(db, AsyncSession):
+        await db.execute(text(statement))
+    else:
+        await db.execute(statement)
 
 
 async def _fetch(

@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from outbox import statements as sql
-from outbox._db import AsyncDB, fetch_all
+from outbox._db import AsyncDB, execute_text, fetch_all
 from outbox.errors import InvalidArgumentError
 from outbox.prefixes import TypeRange, type_ranges
 from outbox.schema import OUTBOX_TABLE_NAME, Status
@@ -44,6 +44,9 @@ __all__ = [
 
 MAX_BATCH_SIZE = 100_000
 """Largest batch (rows per statement) :func:`retry_dead` and :func:`purge` take."""
+
+ANALYZE_AFTER = 1000
+"""Rows a :func:`retry_dead` call must put back to ``pending`` before it runs ``ANALYZE``."""
 
 BatchCallback = Callable[[int, int], None]
 """Called after each batch with ``(rows in this batch, rows so far)``."""
@@ -155,6 +158,7 @@ async def retry_dead(
     dry_run: bool = False,
     now: datetime | None = None,
     on_batch: BatchCallback | None = None,
+    analyze_after: int | None = ANALYZE_AFTER,
 ) -> RetryResult:
     """Selected dead rows -> ``pending``, due now, ``attempts = 0``, lease cleared; ``error``
     keeps the last reason. An empty ``selection`` retries every dead row.
@@ -164,6 +168,12 @@ async def retry_dead(
     even if it dies again meanwhile. Only rows that died before the call started are
     selected, so the call ends however fast new rows die. Rows another transaction holds
     are skipped. ``dry_run`` walks the same rows without locking or changing them.
+
+    When at least ``analyze_after`` rows went back to ``pending`` (``None``: never), it
+    runs ``ANALYZE outbox``: planner statistics that have not seen such a backlog can
+    make cached claim plans of the workers read it (another domain's claims included),
+    until autovacuum analyzes the table. ``ANALYZE`` samples the table and blocks neither
+    reads nor writes; a role that does not own the table gets a warning, not an error.
     """
     _check_batch("batch_size", batch_size)
     reference = await database_now(db, now=now)
@@ -180,6 +190,8 @@ async def retry_dead(
 
     params |= {"now": reference}
     total = await _walk(db, statement, params, batch_size, on_batch, retried)
+    if not dry_run and analyze_after is not None and total >= analyze_after:
+        await execute_text(db, f"ANALYZE {OUTBOX_TABLE_NAME}")
     not_dead = await _not_dead(db, sorted(named - retried_named))
     return RetryResult(retried=total, not_dead=not_dead)
 

@@ -459,8 +459,8 @@ status's partial index, never the published rows."""
 #
 # Batched statements walk a keyset cursor ``(:cursor_at, :cursor_id)`` (``NULL``: from the
 # start) over ``(age, id)``, so each batch starts where the last one ended: rows an earlier
-# batch changed or deleted are never read again, even while an old snapshot keeps their
-# index entries alive.
+# batch changed or deleted are not read again, even while an old snapshot keeps their
+# index entries alive. (The published purge keys on ``published_at`` alone; see there.)
 
 _TIMESTAMP = DateTime(timezone=True)
 _INFINITY = cast(literal_column("'infinity'"), _TIMESTAMP)
@@ -584,24 +584,40 @@ def retry_dead_batch(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> Selec
     return select(chosen.c.id, chosen.c.dead_at).add_cte(retried)
 
 
-def _purge(status: ColumnElement[str], age: Column[datetime]) -> ReturningDelete[Any]:
-    chosen = (
-        _after_cursor(age, t.c.status == status, age < bindparam("cutoff", type_=_TIMESTAMP))
-        .with_for_update(skip_locked=True)
-        .cte("chosen")
+def _purge(chosen: Select[Any], age: Column[datetime]) -> ReturningDelete[Any]:
+    """Delete the rows ``chosen`` selects (locking them, skipping locked ones); return
+    ``(id, age)`` of each."""
+    picked = chosen.with_for_update(skip_locked=True).cte("chosen")
+    return delete(t).where(_chosen_ids(picked)).returning(t.c.id, age)
+
+
+_OLD_ENOUGH = bindparam("cutoff", type_=_TIMESTAMP)
+
+PURGE_PUBLISHED: ReturningDelete[Any] = _purge(
+    # ``published_at`` alone (the index has no ``id``): the cursor is ``>= :cursor_at``, so
+    # a batch reads again only the rows of the last batch's final instant. Rows published
+    # in one instant are one acknowledgement's batch at most, unless written by hand.
+    select(t.c.id)
+    .where(
+        t.c.status == PUBLISHED,
+        t.c.published_at < _OLD_ENOUGH,
+        t.c.published_at
+        >= func.coalesce(bindparam("cursor_at", type_=_TIMESTAMP), _MINUS_INFINITY),
     )
-    return delete(t).where(_chosen_ids(chosen)).returning(t.c.id, age)
+    .order_by(t.c.published_at)
+    .limit(_limit()),
+    t.c.published_at,
+)
+"""Delete the next ``:limit`` published rows with ``published_at < :cutoff``, from
+``:cursor_at`` on, oldest first, skipping locked rows (``ix_outbox_published_at``).
+Returns ``(id, published_at)`` of the deleted rows."""
 
-
-PURGE_PUBLISHED: ReturningDelete[Any] = _purge(PUBLISHED, t.c.published_at)
-"""Delete the next ``:limit`` published rows with ``published_at < :cutoff`` after the
-cursor, oldest first, skipping locked rows (``ix_outbox_published_at``). Returns
-``(id, published_at)`` of the deleted rows."""
-
-PURGE_DEAD: ReturningDelete[Any] = _purge(DEAD, t.c.dead_at)
-"""Delete the next ``:limit`` dead rows with ``dead_at < :cutoff`` after the cursor,
-earliest death first, skipping locked rows (``ix_outbox_dead_at``). Returns
-``(id, dead_at)`` of the deleted rows."""
+PURGE_DEAD: ReturningDelete[Any] = _purge(
+    _after_cursor(t.c.dead_at, t.c.status == DEAD, t.c.dead_at < _OLD_ENOUGH), t.c.dead_at
+)
+"""Delete the next ``:limit`` dead rows with ``dead_at < :cutoff`` after the exact cursor
+``(:cursor_at, :cursor_id)``, earliest death first, skipping locked rows
+(``ix_outbox_dead_at``). Returns ``(id, dead_at)`` of the deleted rows."""
 
 COUNT_PUBLISHED_BEFORE: Select[Any] = (
     select(func.count())

@@ -189,6 +189,23 @@ async def test_purge_counts_then_deletes_before_the_cutoff(engine: AsyncEngine) 
     assert await purge(engine, PurgeTarget.DEAD, **kwargs) == 0
 
 
+async def test_a_large_retry_refreshes_the_planner_statistics(engine: AsyncEngine) -> None:
+    """Enough retried rows run ANALYZE (pg_class.reltuples is set by it; TRUNCATE cleared it)."""
+    await rows(
+        engine,
+        "INSERT INTO outbox (type, payload, status) SELECT 'm.x', '{}', 'dead'"
+        " FROM generate_series(1, 6)",
+    )
+    reltuples = "SELECT reltuples FROM pg_class WHERE oid = 'outbox'::regclass"
+    assert await rows(engine, reltuples) == [(-1.0,)]
+    few = await retry_dead(engine, DeadFilter(ids=(1, 2)), analyze_after=3)
+    assert few.retried == 2
+    assert await rows(engine, reltuples) == [(-1.0,)]
+    many = await retry_dead(engine, DeadFilter(), analyze_after=3)
+    assert many.retried == 4
+    assert await rows(engine, reltuples) == [(6.0,)]
+
+
 async def test_rows_another_transaction_holds_are_skipped_not_waited_for(
     engine: AsyncEngine, database_url: str
 ) -> None:
