@@ -2,5 +2,6 @@
 
 Not part of the library. ``stack`` starts and stops the sidecar and the workers,
 ``database`` makes the demo's own database, ``traffic`` is the application and the chat
-client, ``flow`` runs one round of traffic, ``report`` draws progress and the summary.
+client, ``flow`` runs one round of traffic, ``report`` draws progress and the summary,
+``stopping`` turns stop signals into a flag that start-up and the flow check.
 """

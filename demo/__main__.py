@@ -10,9 +10,9 @@ something was not (the summary says what), or a process died; ``2`` a bad option
 something could not start (the message says what); ``130`` Ctrl-C before the flow began.
 Ctrl-C during the flow stops producing, drains, and ends with the summary as usual.
 
-Signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal closed) all mean "stop". The
-first one before the flow unwinds start-up; from then on, and after the flow, signals only
-say that the demo is stopping, so no second Ctrl-C can cut the clean-up short.
+Signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal closed) all mean "stop" (see
+``demo.stopping``). Before the flow, start-up stops at its next step and unwinds; during
+it, producing stops; no signal ever cuts a clean-up short.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import logging
 import math
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from demo.database import CannotCreateDatabase, demo_database
 from demo.flow import Traffic, run_traffic
 from demo.report import Summary
 from demo.stack import StartFailed, running_stack
+from demo.stopping import StopFlag, StopRequested
 from outbox.dburl import redacted_url
 from outbox.devservers import local_services
 
@@ -57,13 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="demo: %(message)s", stream=sys.stdout)
     for noisy in ("httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    _interrupt_once_on(STOP_SIGNALS)
+    stop = StopFlag()
+    stop.install()
     run_id = secrets.token_hex(4)
     log_dir = Path(tempfile.mkdtemp(prefix=f"outbox-demo-{run_id}-"))
     say(f"run {run_id}; the processes' logs are in {log_dir}")
     try:
-        summary, crashed = _run(traffic, run_id, log_dir, keep=options.keep)
-    except KeyboardInterrupt:
+        summary, crashed = _run(traffic, run_id, log_dir, stop, keep=options.keep)
+    except StopRequested:
         if not options.keep:
             shutil.rmtree(log_dir, ignore_errors=True)
         say("interrupted before the flow began; everything started is stopped")
@@ -82,50 +83,31 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def _run(traffic: Traffic, run_id: str, log_dir: Path, *, keep: bool) -> tuple[Summary, str | None]:
+def _run(
+    traffic: Traffic, run_id: str, log_dir: Path, stop: StopFlag, *, keep: bool
+) -> tuple[Summary, str | None]:
+    """Start everything, run the flow, stop everything; :class:`StopRequested` if a stop
+    signal came before the flow began (after everything started is stopped)."""
     with local_services() as services:
+        stop.check()
         # A throwaway server goes with everything on it; a kept database needs a real one.
         drop = not (keep or services.throwaway_postgres)
         with demo_database(services.database_url, drop=drop) as database_url:
+            stop.check()
             say(f"migrated {redacted_url(database_url)}; starting the sidecar and both workers")
-            with running_stack(database_url, services.redis_url, log_dir) as stack:
+            redis_url = services.redis_url
+            with running_stack(database_url, redis_url, log_dir, stop.check) as stack:
                 pids = ", ".join(f"{c.name} {c.process.pid}" for c in stack.children)
                 say(f"ready ({pids}); producing for {traffic.seconds:g} s, Ctrl-C stops early")
-                redis_url = services.redis_url
-                outcome = anyio.run(run_traffic, traffic, database_url, redis_url, stack, run_id)
-                _stopping_now()
+                outcome = anyio.run(
+                    run_traffic, traffic, database_url, redis_url, stack, run_id, stop
+                )
                 say("stopping the workers (they finish what they hold), then the sidecar")
             if keep and not services.throwaway_postgres:
                 say(f"kept the demo database: DATABASE_URL={redacted_url(database_url)}")
         if services.throwaway_postgres or services.throwaway_redis:
             say("stopping the throwaway servers")
     return outcome
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def _interrupt_once_on(signals: tuple[signal.Signals, ...]) -> None:
-    """The first of ``signals`` raises ``KeyboardInterrupt`` (start-up unwinds through its
-    clean-ups); every one after it only says that the demo is stopping."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        _stopping_now()
-        raise KeyboardInterrupt
-
-    for sig in signals:
-        signal.signal(sig, interrupt)
-
-
-def _stopping_now() -> None:
-    """From here on a stop signal only says that the demo is stopping: every stop is
-    bounded, and whatever would be left gets SIGTERM when the demo exits anyway."""
-
-    def note(signum: int, frame: object) -> None:
-        say("stopping, one moment")
-
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, note)
 
 
 def say(line: str) -> None:
@@ -174,4 +156,8 @@ def _number(kind: Callable[[str], float], above: float | None = None) -> Callabl
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    finally:
+        StopFlag().ignore_from_now_on()
+    sys.exit(code)

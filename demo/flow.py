@@ -1,13 +1,12 @@
 """One run of traffic through a running stack: produce, drain, summarize.
 
-The first SIGINT/SIGTERM/SIGHUP (Ctrl-C) ends producing early; the run then drains what
-is queued (at most ``drain_timeout`` seconds) and summarizes as usual. A second one skips
-the rest of the drain. Signals are received until the summary is taken.
+The first stop signal (Ctrl-C; see ``demo.stopping``) ends producing early; the run then
+drains what is queued (at most ``drain_timeout`` seconds) and summarizes as usual. A second
+one skips the rest of the drain.
 """
 
 from __future__ import annotations
 
-import signal
 import time
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from demo.report import LiveView, Summary, outbox_counts, summarize
 from demo.stack import CHANNEL_PREFIX, Stack
+from demo.stopping import StopFlag
 from demo.traffic import Received, Sent, produce, subscribe
 from outbox.dburl import async_database_url
 
@@ -38,16 +38,21 @@ class Traffic:
 
 @dataclass
 class _Stops:
-    interrupts: int = 0
+    signals: StopFlag
     crashed: str | None = None
 
     @property
     def stop_producing(self) -> bool:
-        return self.interrupts > 0 or self.crashed is not None
+        return self.signals.count > 0 or self.crashed is not None
 
 
 async def run_traffic(
-    traffic: Traffic, database_url: str, redis_url: str, stack: Stack, run_id: str
+    traffic: Traffic,
+    database_url: str,
+    redis_url: str,
+    stack: Stack,
+    run_id: str,
+    signals: StopFlag,
 ) -> tuple[Summary, str | None]:
     """Run the traffic; return the summary and, if a child process died, how.
 
@@ -55,13 +60,12 @@ async def run_traffic(
     covers this run's channels (``conv:{key}``) and nothing else on a shared Redis.
     """
     engine = create_async_engine(async_database_url(database_url), pool_size=8)
-    sent, received, stops = Sent(), Received(), _Stops()
+    sent, received, stops = Sent(), Received(), _Stops(signals)
     rooms = [f"demo-{run_id}-room-{n}" for n in range(traffic.rooms)]
     view = LiveView(engine, sent, received)
     started = time.monotonic()
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(_watch_signals, stops)
             pattern = f"{CHANNEL_PREFIX}demo-{run_id}-room-*"
             await group.start(subscribe, redis_url, pattern, received)
             group.start_soon(_sample, view, stack, stops)
@@ -86,12 +90,6 @@ async def run_traffic(
     return summary, stops.crashed
 
 
-async def _watch_signals(stops: _Stops) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async for _ in signals:
-            stops.interrupts += 1
-
-
 async def _sample(view: LiveView, stack: Stack, stops: _Stops) -> None:
     while True:
         await anyio.sleep(SAMPLE_SECONDS)
@@ -105,8 +103,8 @@ async def _sample(view: LiveView, stack: Stack, stops: _Stops) -> None:
 async def _drain(engine: AsyncEngine, sent: Sent, received: Received, stops: _Stops) -> None:
     """Wait until every chat message arrived and no document message is queued; a new
     interrupt or a crashed child ends the wait."""
-    interrupts = stops.interrupts
-    while stops.crashed is None and stops.interrupts == interrupts:
+    interrupts = stops.signals.count
+    while stops.crashed is None and stops.signals.count == interrupts:
         counts = await outbox_counts(engine)
         queued = counts.get((True, "pending"), 0) + counts.get((True, "in_progress"), 0)
         if queued == 0 and all(i in received.at for i in sent.chat):

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,11 +47,13 @@ class Child:
     log_path: Path
     ready_url: str
 
-    def wait_ready(self, deadline: float) -> None:
+    def wait_ready(self, deadline: float, checkpoint: Callable[[], None]) -> None:
         """Block until ``ready_url`` answers 200; raise :class:`StartFailed` if the process
-        exits first or ``deadline`` (``time.monotonic()``) passes."""
+        exits first or ``deadline`` (``time.monotonic()``) passes. ``checkpoint()`` runs
+        every poll, and may raise to give up."""
         with httpx.Client(timeout=1.0) as client:
             while True:
+                checkpoint()
                 if self.process.poll() is not None:
                     raise StartFailed(f"{self.name} exited with {self.process.returncode}")
                 with contextlib.suppress(httpx.HTTPError):
@@ -92,11 +94,16 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[Stack]:
+def running_stack(
+    database_url: str,
+    redis_url: str,
+    log_dir: Path,
+    checkpoint: Callable[[], None] = lambda: None,
+) -> Iterator[Stack]:
     """Start the sidecar, then both workers; yield once all three are ready; stop the workers
     (draining their in-flight work), then the sidecar, whatever happens: each stop is
-    tried even if another failed. The caller keeps signals from interrupting the stops
-    (see ``demo.__main__``).
+    tried even if another failed. ``checkpoint()`` runs while waiting for readiness, and
+    may raise to give up (``demo.stopping``).
 
     The chat worker publishes per room: room ``k`` on ``{CHANNEL_PREFIX}k``.
     """
@@ -146,7 +153,7 @@ def running_stack(database_url: str, redis_url: str, log_dir: Path) -> Iterator[
         deadline = time.monotonic() + READY_TIMEOUT
         for child in started:
             try:
-                child.wait_ready(deadline)
+                child.wait_ready(deadline, checkpoint)
             except StartFailed as exc:
                 tail = child.log_tail()
                 raise StartFailed(f"{exc}; the end of {child.log_path}:\n{tail}") from None

@@ -8,6 +8,7 @@ still running afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -178,7 +179,8 @@ def test_sigterm_then_ctrl_c_during_start_up_leave_nothing_behind(services: Loca
             lines.append(line)
         os.killpg(demo.pid, signal.SIGTERM)
         time.sleep(0.3)
-        os.killpg(demo.pid, signal.SIGINT)
+        with contextlib.suppress(ProcessLookupError):  # the clean-up may be over already
+            os.killpg(demo.pid, signal.SIGINT)
         rest, _ = demo.communicate(timeout=60)
     finally:
         if demo.poll() is None:
