@@ -54,6 +54,19 @@ def admin(server_url: str, *statements: str) -> None:
     asyncio.run(go())
 
 
+def query(database_url: str, sql: str) -> list[tuple[object, ...]]:
+    """Run one statement in its own connection (autocommit); its rows as tuples."""
+
+    async def go() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(libpq_dsn(database_url))
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
 def create_database(server_url: str, prefix: str, template: str | None = None) -> str:
     """Create a uniquely named database and return its name."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -77,6 +77,53 @@ def run_demo(env: dict[str, str], *args: str, timeout: float = 90) -> tuple[int,
     return done.returncode, done.stdout + done.stderr
 
 
+class DemoProcess:
+    """A demo started in its own process group (as a terminal runs a job), its output
+    read line by line."""
+
+    def __init__(self, env: dict[str, str], args: tuple[str, ...]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "demo", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+
+    def read_until(self, seen: Callable[[list[str]], bool], within: float = 90) -> None:
+        """Read lines until ``seen(lines so far)``; fail if the output ends or time runs out."""
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + within
+        while not (self.lines and seen(self.lines)):
+            line = self.process.stdout.readline()
+            assert line and time.monotonic() < deadline, "".join(self.lines)
+            self.lines.append(line)
+
+    def signal(self, sig: signal.Signals) -> None:
+        """What a terminal does: ``sig`` to the whole foreground process group."""
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            os.killpg(self.process.pid, sig)
+
+    def finish(self) -> tuple[int, str]:
+        """Wait for the exit; its code and the whole output."""
+        rest, _ = self.process.communicate(timeout=60)
+        return self.process.returncode, "".join(self.lines) + rest
+
+
+@contextlib.contextmanager
+def running_demo(env: dict[str, str], *args: str) -> Iterator[DemoProcess]:
+    demo = DemoProcess(env, args)
+    try:
+        yield demo
+    finally:
+        if demo.process.poll() is None:
+            os.killpg(demo.process.pid, signal.SIGKILL)
+            demo.process.wait()
+
+
 @pytest.fixture
 def summary_path(tmp_path: Path) -> Path:
     return tmp_path / "summary.json"
@@ -122,32 +169,12 @@ def test_ctrl_c_on_a_bare_machine_stops_everything_it_started(summary_path: Path
     """No DATABASE_URL / REDIS_URL: throwaway servers; then a terminal's Ctrl-C (SIGINT to
     the whole foreground process group) mid-run."""
     env = demo_env(None)
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "demo", "--seconds", "120", "--summary-json", str(summary_path)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal gives a job
-    )
-    assert demo.stdout is not None
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 90
-        while sum("producing (Ctrl-C stops)" in line for line in lines) < 2:
-            line = demo.stdout.readline()
-            assert line and time.monotonic() < deadline, "".join(lines)
-            lines.append(line)
+    with running_demo(env, "--seconds", "120", "--summary-json", str(summary_path)) as demo:
+        demo.read_until(lambda lines: sum("producing (Ctrl-C stops)" in x for x in lines) >= 2)
         assert still_running(env) != []
-        os.killpg(demo.pid, signal.SIGINT)
-        rest, _ = demo.communicate(timeout=60)
-    finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
-            demo.wait()
-    out = "".join(lines) + rest
-    assert demo.returncode == 0, out
+        demo.signal(signal.SIGINT)
+        code, out = demo.finish()
+    assert code == 0, out
     assert "started throwaway" in out and "stopped throwaway PostgreSQL" in out, out
     summary = json.loads(summary_path.read_text())
     assert summary["ok"] is True
@@ -161,33 +188,13 @@ def test_sigterm_then_ctrl_c_during_start_up_leave_nothing_behind(services: Loca
     only says that the demo is stopping, and cannot cut it short."""
     env = demo_env(services)
     before = demo_databases(services)
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "demo", "--seconds", "30"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    assert demo.stdout is not None
-    lines: list[str] = []
-    try:
-        while not any("starting the sidecar and both workers" in line for line in lines):
-            line = demo.stdout.readline()
-            assert line, "".join(lines)
-            lines.append(line)
-        os.killpg(demo.pid, signal.SIGTERM)
+    with running_demo(env, "--seconds", "30") as demo:
+        demo.read_until(lambda lines: "starting the sidecar and both workers" in lines[-1])
+        demo.signal(signal.SIGTERM)
         time.sleep(0.3)
-        with contextlib.suppress(ProcessLookupError):  # the clean-up may be over already
-            os.killpg(demo.pid, signal.SIGINT)
-        rest, _ = demo.communicate(timeout=60)
-    finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
-            demo.wait()
-    out = "".join(lines) + rest
-    assert demo.returncode == 130, out
+        demo.signal(signal.SIGINT)  # during the clean-up (or after it: then it is a no-op)
+        code, out = demo.finish()
+    assert code == 130, out
     assert "interrupted before the flow began; everything started is stopped" in out
     assert still_running(env) == []
     assert demo_databases(services) == before

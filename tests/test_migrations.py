@@ -9,7 +9,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -20,7 +19,7 @@ from outbox import async_database_url, metadata
 from outbox.dburl import libpq_dsn
 from outbox.devservers import LocalServices
 from outbox.migrate import VERSION_TABLE, downgrade, upgrade
-from tests.conftest import create_database, database_url_for, drop_database
+from tests.conftest import create_database, database_url_for, drop_database, query
 from workers.document_schema import documents_metadata
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,15 +34,8 @@ def empty_database(services: LocalServices) -> Iterator[str]:
         drop_database(services.database_url, name)
 
 
-def names(url: str, query: str) -> set[str]:
-    async def go() -> set[str]:
-        conn = await asyncpg.connect(libpq_dsn(url))
-        try:
-            return {row[0] for row in await conn.fetch(query)}
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
+def names(url: str, sql: str) -> set[str]:
+    return {str(row[0]) for row in query(url, sql)}
 
 
 def tables(url: str) -> set[str]:
@@ -70,17 +62,6 @@ def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
     assert tables(empty_database) == {VERSION_TABLE}
     upgrade(empty_database)
     assert tables(empty_database) == {"outbox", VERSION_TABLE}
-
-
-def query(url: str, sql: str) -> list[tuple[object, ...]]:
-    async def go() -> list[tuple[object, ...]]:
-        conn = await asyncpg.connect(libpq_dsn(url))
-        try:
-            return [tuple(row) for row in await conn.fetch(sql)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def test_upgrading_to_dead_at_stamps_the_dead_rows_already_there(empty_database: str) -> None:

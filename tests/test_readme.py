@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from outbox.dburl import libpq_dsn
-from tests.conftest import admin
+from tests.conftest import admin, query
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 EXAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
@@ -21,17 +18,6 @@ EXAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTAL
 
 def test_the_readme_has_its_four_examples() -> None:
     assert len(EXAMPLES) == 4
-
-
-def query(database_url: str, sql: str) -> list[tuple[object, ...]]:
-    async def go() -> list[tuple[object, ...]]:
-        conn = await asyncpg.connect(libpq_dsn(database_url))
-        try:
-            return [tuple(row) for row in await conn.fetch(sql)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def run(example: str, database_url: str) -> str:
