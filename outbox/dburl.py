@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
+from urllib.parse import quote
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from outbox.errors import ConfigurationError
 
-__all__ = ["async_database_url", "libpq_dsn", "redacted_url"]
+__all__ = ["NOT_SHOWN", "async_database_url", "libpq_dsn", "redacted_url"]
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql"}
 _SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
@@ -54,23 +54,29 @@ def _parse(url: str | URL) -> URL:
     return parsed
 
 
-_SECRET_PARAMETER = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+_MASK = "***"
 NOT_SHOWN = "(not shown: not a URL, and it may hold a password)"
 
 
 def redacted_url(url: str | URL) -> str:
     """``url`` for logs and error messages, never its password.
 
-    The user part becomes ``user:***`` (whether or not it had a password) and
-    ``password=`` / ``sslpassword=`` query values become ``***``. Text that is not
-    ``scheme://...`` but looks like settings (``host=db password=...``: an ``=`` or ``@`` in
-    it) is replaced by :data:`NOT_SHOWN`.
+    A URL is shown as SQLAlchemy parses it (so exactly the parts a connection would use):
+    the user part becomes ``user:***`` (whether or not it had a password) and ``password``
+    / ``sslpassword`` query values become ``***`` (however their names are encoded). Text
+    that does not parse is not shown if it could hold a secret (it has ``=``, ``@`` or
+    ``://`` in it: ``host=db password=...``): :data:`NOT_SHOWN` instead.
     """
-    text = url.render_as_string(hide_password=False) if isinstance(url, URL) else str(url)
-    if "://" not in text:
-        return NOT_SHOWN if "=" in text or "@" in text else text
-    scheme, rest = text.split("://", 1)
-    if "@" in rest:
-        creds, rest = rest.rsplit("@", 1)
-        rest = f"{creds.split(':', 1)[0]}:***@{rest}"
-    return scheme + "://" + _SECRET_PARAMETER.sub(r"\1***", rest)
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except (ArgumentError, ValueError):
+        text = str(url)
+        return NOT_SHOWN if any(mark in text for mark in ("=", "@", "://")) else text
+    query = {
+        key: _MASK if key.lower() in _SECRET_PARAMETERS else value
+        for key, value in parsed.query.items()
+    }
+    password = _MASK if parsed.username or parsed.password else None
+    shown = parsed.set(password=password, query=query).render_as_string(hide_password=False)
+    return shown.replace(quote(_MASK, safe=""), _MASK)

@@ -9,16 +9,21 @@ ago, and ``outbox dead list`` shows the latest deaths first.
   SQL) and cleared when it leaves ``dead``. An explicit value is kept. The triggers' ``WHEN``
   clauses are evaluated without calling the function, so the claim and acknowledgement hot
   path (never a change to or from ``dead``) pays nothing measurable.
-* Existing dead rows get ``greatest(created_at, next_attempt_at)``: at most a backoff delay
-  after their real death, never before it, so retention never deletes them early. This
-  runs after the column's short lock is released (``lock_timeout`` 10 s bounds the wait
-  for it), so it holds only the dead rows.
+* Existing dead rows get the migration's time: when they really died is not recorded
+  anywhere (a row given up on keeps the ``next_attempt_at`` of its last claim, which can
+  be weeks earlier), so their retention counts from the upgrade and never deletes one
+  early. This runs after the column's short lock is released (``lock_timeout`` 10 s
+  bounds the wait for it), so it holds only the dead rows.
 * ``ix_outbox_dead_at (dead_at, id) WHERE status = 'dead'`` replaces
   ``ix_outbox_dead_created_at``, so listing, retrying (a keyset walk on both columns) and
   purging read only the rows they return, however many died in the same statement. It is
   built ``CONCURRENTLY`` (outside the migration's transaction) before the old index is
   dropped, so producers and workers are not blocked; a run that failed half-way finishes
-  when run again.
+  when run again. Outside the transaction means committing what ran before it: a host
+  application that runs all its revisions in one transaction gets them committed here.
+  Where Alembic was handed a connection already inside a transaction (it then cannot
+  commit it), the backfill and a plain ``CREATE INDEX`` run in that transaction instead,
+  which blocks writes to ``outbox`` while the index builds.
 
 Revision ID: outbox_0003
 Revises: outbox_0002
@@ -27,7 +32,8 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 from alembic import op
 
@@ -51,13 +57,33 @@ $$
 """
 
 
-def _swap_index(drop: str, create: str, columns: str) -> None:
-    """Build ``create`` concurrently, then drop ``drop`` (both on the dead rows). Runs
+def _swap_index(drop: str, create: str, columns: str, *, concurrently: bool) -> None:
+    """Build ``create``, then drop ``drop`` (both on the dead rows); ``concurrently`` only
     outside a transaction (inside ``autocommit_block``)."""
+    how = "CONCURRENTLY " if concurrently else ""
     # A build that failed half-way leaves an invalid index of this name: start over.
-    op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {create}")
-    op.execute(f"CREATE INDEX CONCURRENTLY {create} ON outbox ({columns}) WHERE status = 'dead'")
-    op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {drop}")
+    op.execute(f"DROP INDEX {how}IF EXISTS {create}")
+    op.execute(f"CREATE INDEX {how}{create} ON outbox ({columns}) WHERE status = 'dead'")
+    op.execute(f"DROP INDEX {how}IF EXISTS {drop}")
+
+
+@contextlib.contextmanager
+def _outside_the_transaction() -> Iterator[bool]:
+    """Commit and run outside a transaction if Alembic can (yields True), else stay in the
+    caller's transaction (yields False): Alembic cannot commit a transaction it was handed
+    (``config.attributes["connection"]`` inside ``engine.begin()``)."""
+    context = op.get_context()
+    handed_a_transaction = (
+        not context.as_sql
+        and context.connection is not None
+        and context.connection.in_transaction()
+        and getattr(context, "_transaction", None) is None  # not one Alembic began
+    )
+    if not handed_a_transaction:
+        with context.autocommit_block():
+            yield True
+    else:
+        yield False
 
 
 def upgrade() -> None:
@@ -87,17 +113,18 @@ def upgrade() -> None:
         EXECUTE FUNCTION outbox_stamp_dead_at()
         """
     )
-    with op.get_context().autocommit_block():  # committed: the locks above are released
-        op.execute(
-            "UPDATE outbox SET dead_at = greatest(created_at, next_attempt_at)"
-            " WHERE status = 'dead' AND dead_at IS NULL"
+    with _outside_the_transaction() as outside:  # committed: the locks above are released
+        op.execute("UPDATE outbox SET dead_at = now() WHERE status = 'dead' AND dead_at IS NULL")
+        _swap_index(
+            "ix_outbox_dead_created_at", "ix_outbox_dead_at", "dead_at, id", concurrently=outside
         )
-        _swap_index("ix_outbox_dead_created_at", "ix_outbox_dead_at", "dead_at, id")
 
 
 def downgrade() -> None:
-    with op.get_context().autocommit_block():
-        _swap_index("ix_outbox_dead_at", "ix_outbox_dead_created_at", "created_at")
+    with _outside_the_transaction() as outside:
+        _swap_index(
+            "ix_outbox_dead_at", "ix_outbox_dead_created_at", "created_at", concurrently=outside
+        )
     op.execute("SET LOCAL lock_timeout = '10s'")
     op.execute("DROP TRIGGER IF EXISTS outbox_dead_at_on_update ON outbox")
     op.execute("DROP TRIGGER IF EXISTS outbox_dead_at_on_insert ON outbox")
