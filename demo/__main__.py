@@ -32,7 +32,7 @@ import anyio
 
 from demo.database import CannotCreateDatabase, demo_database
 from demo.flow import Traffic, run_traffic
-from demo.report import Summary
+from demo.report import Summary, show
 from demo.stack import StartFailed, running_stack
 from demo.stopping import StopFlag, StopRequested
 from outbox.dburl import redacted_url
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         drain_timeout=options.drain_timeout,
     )
     logging.basicConfig(level=logging.INFO, format="demo: %(message)s", stream=sys.stdout)
+    logging.raiseExceptions = False  # a gone terminal (see report.show) is no error to print
     for noisy in ("httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     stop = StopFlag()
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except (StartFailed, CannotCreateDatabase) as exc:
         say(f"could not start: {exc}")
         return EXIT_CANNOT_START
-    print("\n".join(summary.lines()), flush=True)
+    show("\n".join(summary.lines()))
     if crashed:
         say(f"a process died during the run: {crashed}")
     if options.summary_json:
@@ -111,7 +112,7 @@ def _run(
 
 
 def say(line: str) -> None:
-    print(f"demo: {line}", flush=True)
+    show(f"demo: {line}")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ messages, and enqueue -> ``published`` (the document processed) for documents.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from demo.traffic import Received, Sent
 
-__all__ = ["LiveView", "Summary", "percentile", "summarize"]
+__all__ = ["LiveView", "Summary", "percentile", "show", "summarize"]
 
 _OUTBOX_COUNTS = text(
     "SELECT type LIKE 'document.%' AS document, status, count(*) FROM outbox GROUP BY 1, 2"
@@ -122,12 +123,21 @@ class LiveView:
         return [f"{(figures[i] - self._last[i]) / elapsed:5.0f}/s" for i in range(1, 5)]
 
     def _print(self, lines: list[str]) -> None:
+        redraw = ""
         if self.out.isatty():
             if self._drawn:
-                self.out.write(f"\x1b[{self._drawn}F\x1b[J")
+                redraw = f"\x1b[{self._drawn}F\x1b[J"
             self._drawn = len(lines)
-        self.out.write("\n".join(lines) + "\n")
-        self.out.flush()
+        show(redraw + "\n".join(lines), self.out)
+
+
+def show(text: str, out: TextIO | None = None) -> None:
+    """Print ``text`` and flush; if the terminal is gone (a hang-up, a closed pipe) say
+    nothing rather than fail: the demo still stops everything and writes its summary file."""
+    with contextlib.suppress(OSError):
+        stream = out if out is not None else sys.stdout
+        stream.write(text + "\n")
+        stream.flush()
 
 
 @dataclass

@@ -9,6 +9,7 @@ the flow polls :attr:`StopFlag.count`; clean-ups are never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -45,4 +46,6 @@ class StopFlag:
     def _received(self, signum: int, frame: object) -> None:
         self.count += 1
         # os.write, not print: the signal may arrive while the main thread is printing.
-        os.write(1, b"demo: stopping, one moment\n")
+        # After a hang-up or with the reader gone the write fails: that must not raise.
+        with contextlib.suppress(OSError):
+            os.write(1, b"demo: stopping, one moment\n")

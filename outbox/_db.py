@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Executable, text
+from sqlalchemy import Executable
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 
-__all__ = ["AsyncDB", "Rows", "SyncDB", "execute_text", "fetch_all"]
+__all__ = ["AsyncDB", "Rows", "SyncDB", "execute_alone", "fetch_all"]
 
 AsyncDB = AsyncEngine | AsyncConnection | AsyncSession | Any
 """An engine (own transaction per call), a connection/session (the caller's transaction), or
@@ -54,17 +54,27 @@ async def fetch_all(
     return records  # asyncpg Records index and unpack like tuples
 
 
-async def execute_text(db: AsyncDB, statement: str) -> None:
-    """Run one fixed SQL text that returns no rows (maintenance such as ``ANALYZE``)."""
+async def execute_alone(db: AsyncDB, *statements: str) -> bool:
+    """Run fixed SQL texts that return no rows (maintenance such as ``ANALYZE``) in one
+    transaction of their own; ``False`` (nothing run) when ``db`` is the caller's
+    transaction (a connection or session, or an asyncpg connection inside a transaction),
+    which maintenance must not hold or abort."""
     if isinstance(db, AsyncEngine):
         async with db.begin() as conn:
-            await conn.exec_driver_sql(statement)
-    elif isinstance(db, AsyncConnection):
-        await db.exec_driver_sql(statement)
-    elif isinstance(db, AsyncSession):
-        await db.execute(text(statement))
-    else:
-        await db.execute(statement)
+            for statement in statements:
+                await conn.exec_driver_sql(statement)
+        return True
+    if isinstance(db, AsyncConnection | AsyncSession):
+        return False
+    if hasattr(db, "acquire"):  # an asyncpg pool
+        async with db.acquire() as conn:
+            return await execute_alone(conn, *statements)
+    if db.is_in_transaction():
+        return False
+    async with db.transaction():
+        for statement in statements:
+            await db.execute(statement)
+    return True
 
 
 async def _fetch(

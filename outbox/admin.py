@@ -13,6 +13,7 @@ how long ago it was published (``published_at``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from outbox import statements as sql
-from outbox._db import AsyncDB, execute_text, fetch_all
+from outbox._db import AsyncDB, execute_alone, fetch_all
 from outbox.errors import InvalidArgumentError
 from outbox.prefixes import TypeRange, type_ranges
 from outbox.schema import OUTBOX_TABLE_NAME, Status
@@ -41,6 +42,8 @@ __all__ = [
     "purge",
     "retry_dead",
 ]
+
+log = logging.getLogger("outbox.admin")
 
 MAX_BATCH_SIZE = 100_000
 """Largest batch (rows per statement) :func:`retry_dead` and :func:`purge` take."""
@@ -169,11 +172,12 @@ async def retry_dead(
     selected, so the call ends however fast new rows die. Rows another transaction holds
     are skipped. ``dry_run`` walks the same rows without locking or changing them.
 
-    When at least ``analyze_after`` rows went back to ``pending`` (``None``: never), it
-    runs ``ANALYZE outbox``: planner statistics that have not seen such a backlog can
-    make cached claim plans of the workers read it (another domain's claims included),
-    until autovacuum analyzes the table. ``ANALYZE`` samples the table and blocks neither
-    reads nor writes; a role that does not own the table gets a warning, not an error.
+    When at least ``analyze_after`` rows went back to ``pending`` (``None``: never) and
+    ``db`` is not the caller's transaction, it runs ``ANALYZE outbox``: planner statistics
+    that have not seen such a backlog can make cached claim plans of the workers read it
+    (another domain's claims included) until autovacuum analyzes the table. ``ANALYZE``
+    samples the table and blocks neither reads nor writes; a role that does not own the
+    table gets a warning, not an error.
     """
     _check_batch("batch_size", batch_size)
     reference = await database_now(db, now=now)
@@ -191,9 +195,19 @@ async def retry_dead(
     params |= {"now": reference}
     total = await _walk(db, statement, params, batch_size, on_batch, retried)
     if not dry_run and analyze_after is not None and total >= analyze_after:
-        await execute_text(db, f"ANALYZE {OUTBOX_TABLE_NAME}")
+        await _refresh_statistics(db)
     not_dead = await _not_dead(db, sorted(named - retried_named))
     return RetryResult(retried=total, not_dead=not_dead)
+
+
+async def _refresh_statistics(db: AsyncDB) -> None:
+    """``ANALYZE outbox`` in a transaction of its own, waiting at most 5 s for its lock (a
+    concurrent index build holds it); a failure is logged, never raised: the retry it
+    follows is done and committed."""
+    try:
+        await execute_alone(db, "SET LOCAL lock_timeout = '5s'", f"ANALYZE {OUTBOX_TABLE_NAME}")
+    except Exception as exc:
+        log.warning("ANALYZE %s after a large retry failed: %s", OUTBOX_TABLE_NAME, exc)
 
 
 async def _not_dead(db: AsyncDB, ids: Sequence[int]) -> dict[int, Status | None]:

@@ -202,6 +202,35 @@ def test_sigterm_then_ctrl_c_during_start_up_leave_nothing_behind(services: Loca
     assert log_dir is not None and not Path(log_dir.group(1)).exists()
 
 
+def test_a_reader_that_goes_away_stops_nothing_short(
+    services: LocalServices, summary_path: Path
+) -> None:
+    """``python -m demo | head -1``: once the pipe is closed every write fails; the run, its
+    summary file and the clean-up go on."""
+    env = demo_env(services)
+    before = demo_databases(services)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "demo", "--seconds", "2", "--summary-json", str(summary_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert demo.stdout is not None and demo.stderr is not None
+    assert demo.stdout.readline().startswith(b"demo: run ")
+    demo.stdout.close()
+    try:
+        assert demo.wait(timeout=90) == 0
+        assert demo.stderr.read() == b""  # no tracebacks either
+    finally:
+        demo.kill()
+        demo.stderr.close()
+    summary = json.loads(summary_path.read_text())
+    assert summary["ok"] is True and summary["chat_delivered"] == summary["chat_sent"] > 0
+    assert still_running(env) == []
+    assert demo_databases(services) == before
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
