@@ -79,6 +79,16 @@ def drop_database(server_url: str, name: str) -> None:
     admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def empty_database(services: LocalServices) -> Iterator[str]:
+    """A database of this test's own with nothing in it (not migrated)."""
+    name = create_database(services.database_url, "t_empty")
+    try:
+        yield database_url_for(services.database_url, name)
+    finally:
+        drop_database(services.database_url, name)
+
+
 @pytest.fixture(scope="session")
 def template_database(services: LocalServices) -> Iterator[str]:
     name = create_database(services.database_url, "outbox_tpl")

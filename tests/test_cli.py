@@ -30,9 +30,8 @@ from outbox.cli.durations import format_duration, parse_duration
 from outbox.cli.exits import IN_FLIGHT
 from outbox.cli.render import messages
 from outbox.dburl import libpq_dsn
-from outbox.devservers import LocalServices, free_port
+from outbox.devservers import free_port
 from outbox.prefixes import type_ranges
-from tests.conftest import create_database, database_url_for, drop_database
 from tests.test_query_plans import plan, rows_read, scans
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,15 +183,6 @@ def test_bad_urls_exit_2_and_never_show_a_password(database_url: str) -> None:
     assert 'database "no_such_db_here" does not exist' in refused.err
     assert refused.err.endswith("(check DATABASE_URL / --database-url)\n")
     assert "sekret" not in refused.err
-
-
-@pytest.fixture
-def empty_database(services: LocalServices) -> Iterator[str]:
-    name = create_database(services.database_url, "t_cli_empty")
-    try:
-        yield database_url_for(services.database_url, name)
-    finally:
-        drop_database(services.database_url, name)
 
 
 def test_no_outbox_table_exits_4_until_migrate_creates_it(empty_database: str) -> None:

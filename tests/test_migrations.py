@@ -6,7 +6,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,21 +18,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from outbox import async_database_url, metadata
 from outbox.dburl import libpq_dsn
-from outbox.devservers import LocalServices
 from outbox.migrate import VERSION_TABLE, alembic_config, downgrade, upgrade
-from tests.conftest import create_database, database_url_for, drop_database, query
+from tests.conftest import query
 from workers.document_schema import documents_metadata
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def empty_database(services: LocalServices) -> Iterator[str]:
-    name = create_database(services.database_url, "t_migrations")
-    try:
-        yield database_url_for(services.database_url, name)
-    finally:
-        drop_database(services.database_url, name)
 
 
 def names(url: str, sql: str) -> set[str]:
