@@ -65,7 +65,7 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     && groupadd --system --gid 10001 outbox \
     && useradd --system --uid 10001 --gid outbox --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin outbox \
-    && python -c "from outbox.migrate import migrations_dir as d; \
+    && python -c "from outbox.storage.migrate import migrations_dir as d; \
 assert sorted((d() / 'versions').glob('*.py')) and sorted((d() / 'documents').glob('*.py'))"
 
 WORKDIR /app

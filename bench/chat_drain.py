@@ -59,8 +59,8 @@ from children import Child, read_lines
 from measure import cpu_seconds, percentile, wait_drained
 from scratch import run_with_scratch_database
 
-from outbox.dburl import libpq_dsn
-from outbox.devservers import local_services
+from devservers import local_services
+from outbox.primitives.urls import libpq_dsn
 
 CHANNEL_PREFIX = "chat:message:bench-"
 REPO = Path(__file__).resolve().parent.parent

@@ -72,8 +72,8 @@ from children import Child, read_lines
 from measure import cpu_seconds, percentile, wait_drained
 from scratch import run_with_scratch_database
 
-from outbox.dburl import libpq_dsn
-from outbox.devservers import free_port
+from devservers import free_port
+from outbox.primitives.urls import libpq_dsn
 from workers.document_schema import DocumentStatus
 from workers.document_status import DocumentColumns, DocumentStatusStore
 from workers.sidecar_client import SidecarClient, SidecarError

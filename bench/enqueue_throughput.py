@@ -25,7 +25,7 @@ from scratch import run_with_scratch_database
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from outbox import NewMessage, async_database_url, enqueue, enqueue_many
-from outbox.dburl import libpq_dsn
+from outbox.primitives.urls import libpq_dsn
 
 RAW_INSERT = "INSERT INTO outbox (type, key, payload) VALUES ($1, $2, $3::jsonb)"
 RAW_UNNEST = (

@@ -20,8 +20,8 @@ import time
 import asyncpg
 from scratch import run_with_scratch_database
 
-from outbox.dburl import libpq_dsn
-from outbox.wakeup import NOTIFY_CHANNEL
+from outbox.primitives.urls import libpq_dsn
+from outbox.runtime.wakeup import NOTIFY_CHANNEL
 
 INSERT = "INSERT INTO outbox (type, key, payload) VALUES ('message.created', $1, $2::jsonb)"
 TRIGGER = "outbox_notify_on_insert"

@@ -8,15 +8,15 @@ days ago, a millisecond apart, as acknowledgements spread them) and ``--rows / 1
 rows that died in one statement, then, while a claimer keeps a small live stream going
 (insert 100 rows, claim them with ``claim_batch``, ``mark_published``; cycle after cycle):
 
-* purges the first part with ``outbox.admin.purge`` in batches of ``--batch``;
+* purges the first part with ``outbox.storage.admin.purge`` in batches of ``--batch``;
 * the second the same way while another session holds a snapshot open (``pg_dump``, an
   idle transaction or a standby's feedback do that), so deleted rows stay in the index;
 * the third the same way again, but with the first version's statement, which started
   every batch from the oldest row instead of at a cursor;
 * the fourth with one plain ``DELETE`` (what a hand-written retention job does);
-* retries every dead row with ``outbox.admin.retry_dead``;
-* and first times ``outbox.stats.stats`` (what ``outbox stats`` runs) against
-  ``outbox.admin.live_sample`` (one ``outbox top`` sample) on the full table.
+* retries every dead row with ``outbox.storage.admin.retry_dead``;
+* and first times ``outbox.storage.stats.stats`` (what ``outbox stats`` runs) against
+  ``outbox.storage.admin.live_sample`` (one ``outbox top`` sample) on the full table.
 
 For each phase it prints the rows per second, the longest single transaction, and the
 claimer's cycle time (p50 / p99 / max) just before and during it: what the live stream
@@ -40,10 +40,10 @@ from measure import percentile
 from scratch import run_with_scratch_database
 
 from outbox import claim_batch, mark_published
-from outbox.admin import DeadFilter, PurgeTarget, live_sample, purge, retry_dead
-from outbox.dburl import libpq_dsn
-from outbox.pgpool import create_pool
-from outbox.stats import stats
+from outbox.primitives.urls import libpq_dsn
+from outbox.storage.admin import DeadFilter, PurgeTarget, live_sample, purge, retry_dead
+from outbox.storage.pool import create_pool
+from outbox.storage.stats import stats
 
 STREAM_BATCH = 100
 

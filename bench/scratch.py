@@ -4,7 +4,7 @@
 else a throwaway local server), creates a database, migrates it, runs ``await bench(url)``
 with its plain ``postgresql://`` URL, and drops the database whatever happens. With
 ``documents=True`` the migration also creates the reference ``documents`` /
-``document_chunks`` tables (``outbox.migrate.upgrade(url, documents=True)``).
+``document_chunks`` tables (``outbox.storage.migrate.upgrade(url, documents=True)``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from devservers import local_services
 from outbox import async_database_url
-from outbox.dburl import libpq_dsn
-from outbox.devservers import local_services
-from outbox.migrate import upgrade
+from outbox.primitives.urls import libpq_dsn
+from outbox.storage.migrate import upgrade
 
 
 async def _in_scratch_database(

@@ -35,8 +35,8 @@ from demo.flow import Traffic, run_traffic
 from demo.report import Summary, show
 from demo.stack import StartFailed, running_stack
 from demo.stopping import StopFlag, StopRequested
-from outbox.dburl import redacted_url
-from outbox.devservers import local_services
+from devservers import local_services
+from outbox.primitives.urls import redacted_url
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANNOT_START, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import asyncpg
 
-from outbox.dburl import async_database_url, libpq_dsn, redacted_url
-from outbox.migrate import upgrade
+from outbox.primitives.urls import async_database_url, libpq_dsn, redacted_url
+from outbox.storage.migrate import upgrade
 
 __all__ = ["CannotCreateDatabase", "demo_database"]
 

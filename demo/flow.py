@@ -17,7 +17,7 @@ from demo.report import LiveView, Summary, outbox_counts, summarize
 from demo.stack import CHANNEL_PREFIX, Stack
 from demo.stopping import StopFlag
 from demo.traffic import Received, Sent, produce, subscribe
-from outbox.dburl import async_database_url
+from outbox.primitives.urls import async_database_url
 
 __all__ = ["Traffic", "run_traffic"]
 

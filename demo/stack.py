@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from outbox.devservers import die_with_parent, free_ports, stop_process
+from devservers import die_with_parent, free_ports, stop_process
 
 __all__ = ["CHANNEL_PREFIX", "Child", "Stack", "StartFailed", "running_stack"]
 

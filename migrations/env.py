@@ -1,6 +1,6 @@
 """Alembic environment for the outbox table.
 
-The database comes from ``sqlalchemy.url`` when the caller set it (``outbox.migrate``), else
+The database comes from ``sqlalchemy.url`` when the caller set it (``outbox.storage.migrate``), else
 from ``DATABASE_URL``; a plain ``postgresql://`` URL is run through asyncpg. A caller may
 also pass an open connection as ``config.attributes["connection"]``. Versions are kept in
 ``outbox_alembic_version`` so a host application's own ``alembic_version`` is untouched, and
@@ -21,10 +21,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from outbox.dburl import async_database_url
-from outbox.errors import ConfigurationError
-from outbox.migrate import DOCUMENTS_FOLDER, VERSION_TABLE
-from outbox.schema import metadata
+from outbox.primitives.errors import ConfigurationError
+from outbox.primitives.urls import async_database_url
+from outbox.storage.migrate import DOCUMENTS_FOLDER, VERSION_TABLE
+from outbox.storage.schema import metadata
 
 config = context.config
 

@@ -8,16 +8,19 @@ on the claim's lease. :func:`reap_expired_locks` recovers rows of crashed worker
 Every delivered message carries its outbox ``id`` so consumers can de-duplicate.
 """
 
-from outbox.backoff import BackoffPolicy, ExponentialBackoff, FixedSchedule, PerTypeBackoff
-from outbox.dburl import async_database_url
-from outbox.enqueue import enqueue, enqueue_many
-from outbox.errors import (
+from outbox.primitives.backoff import (
+    BackoffPolicy,
+    ExponentialBackoff,
+    FixedSchedule,
+    PerTypeBackoff,
+)
+from outbox.primitives.errors import (
     ConfigurationError,
     InvalidArgumentError,
     InvalidMessageError,
     OutboxError,
 )
-from outbox.messages import (
+from outbox.primitives.messages import (
     AckResult,
     ClaimedMessage,
     JSONValue,
@@ -26,9 +29,8 @@ from outbox.messages import (
     ReapResult,
     RescheduleResult,
 )
-from outbox.schema import Status, metadata, outbox_table
-from outbox.stats import OutboxStats, stats
-from outbox.storage import (
+from outbox.primitives.urls import async_database_url
+from outbox.storage.claims import (
     claim_batch,
     extend_lease,
     mark_dead,
@@ -37,6 +39,9 @@ from outbox.storage import (
     release,
     reschedule,
 )
+from outbox.storage.enqueue import enqueue, enqueue_many
+from outbox.storage.schema import Status, metadata, outbox_table
+from outbox.storage.stats import OutboxStats, stats
 
 __all__ = [
     "AckResult",

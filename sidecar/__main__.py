@@ -11,9 +11,9 @@ import sys
 
 import uvicorn
 
-from outbox.errors import ConfigurationError
-from outbox.logs import configure_logging
-from outbox.settings import load_settings
+from outbox.primitives.errors import ConfigurationError
+from outbox.primitives.logs import configure_logging
+from outbox.runtime.settings import load_settings
 from sidecar.app import create_app
 from sidecar.settings import SidecarSettings
 

@@ -34,10 +34,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from outbox.errors import ConfigurationError
-from outbox.logs import log_event
-from outbox.pgpool import UNREACHABLE_ERRORS, create_pool
-from outbox.settings import load_settings
+from outbox.primitives.errors import ConfigurationError
+from outbox.primitives.logs import log_event
+from outbox.runtime.settings import load_settings
+from outbox.storage.pool import UNREACHABLE_ERRORS, create_pool
 from sidecar.extract import UnreadableDocumentError, media_type
 from sidecar.parsing import parse
 from sidecar.settings import SidecarSettings

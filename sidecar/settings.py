@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from outbox.dburl import libpq_dsn
-from outbox.settings import BearerToken
+from outbox.primitives.urls import libpq_dsn
+from outbox.runtime.settings import BearerToken
 
 __all__ = ["SidecarSettings"]
 

@@ -1,7 +1,7 @@
 """Test rig: real PostgreSQL and Redis, a fresh migrated database per test module.
 
 Servers come from ``DATABASE_URL`` / ``REDIS_URL`` when they answer, else throwaway local
-ones (``outbox.devservers``). A template database is migrated once with Alembic (the outbox
+ones (``devservers``). A template database is migrated once with Alembic (the outbox
 and the reference documents tables); each test
 module gets its own copy, and each test starts from an empty outbox table.
 """
@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from devservers import LocalServices, local_services
 from outbox import async_database_url
-from outbox.dburl import libpq_dsn
-from outbox.devservers import LocalServices, local_services
-from outbox.migrate import upgrade
+from outbox.primitives.urls import libpq_dsn
+from outbox.storage.migrate import upgrade
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from outbox import (
     reschedule,
     stats,
 )
-from outbox._db import AsyncDB
+from outbox.storage.execution import AsyncDB
 
 pytestmark = pytest.mark.anyio
 
@@ -353,8 +353,8 @@ async def test_stats_counts_by_status_and_prefix(engine: AsyncEngine) -> None:
 
 
 def test_storable_error_is_what_every_error_column_gets() -> None:
-    from outbox.constants import MAX_ERROR_LENGTH
-    from outbox.storage import storable_error
+    from outbox.primitives.constants import MAX_ERROR_LENGTH
+    from outbox.storage.claims import storable_error
 
     long = storable_error("a" * (MAX_ERROR_LENGTH + 10))
     assert len(long) == MAX_ERROR_LENGTH and long.endswith("a…")

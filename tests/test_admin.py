@@ -1,4 +1,4 @@
-"""``outbox.admin`` in-process: exact rates with a stepped clock, retries at most once per
+"""``outbox.storage.admin`` in-process: exact rates with a stepped clock, retries at most once per
 row, argument contracts. (The CLI's own tests are in ``test_cli.py``.)"""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import psycopg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.admin import (
+from outbox.primitives.errors import InvalidArgumentError
+from outbox.primitives.urls import libpq_dsn
+from outbox.storage.admin import (
     DeadFilter,
     PrefixSample,
     PurgeTarget,
@@ -20,8 +22,6 @@ from outbox.admin import (
     purge,
     retry_dead,
 )
-from outbox.dburl import libpq_dsn
-from outbox.errors import InvalidArgumentError
 
 pytestmark = pytest.mark.anyio
 

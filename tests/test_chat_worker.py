@@ -15,8 +15,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from outbox import NewMessage, async_database_url, enqueue, enqueue_many
-from outbox.devservers import (
+from devservers import (
     LocalServices,
     free_port,
     start_throwaway,
@@ -24,8 +23,9 @@ from outbox.devservers import (
     throwaway_postgres,
     throwaway_redis,
 )
-from outbox.migrate import upgrade
-from outbox.runner import EXIT_BAD_SETTINGS, EXIT_UNREACHABLE
+from outbox import NewMessage, async_database_url, enqueue, enqueue_many
+from outbox.runtime.runner import EXIT_BAD_SETTINGS, EXIT_UNREACHABLE
+from outbox.storage.migrate import upgrade
 from tests.workerproc import (
     WorkerProcess,
     run_to_exit,

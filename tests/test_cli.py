@@ -25,13 +25,13 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox import statements as sql
+from devservers import free_port
 from outbox.cli.durations import format_duration, parse_duration
 from outbox.cli.exits import IN_FLIGHT
 from outbox.cli.render import messages
-from outbox.dburl import libpq_dsn
-from outbox.devservers import free_port
-from outbox.prefixes import type_ranges
+from outbox.primitives.prefixes import type_ranges
+from outbox.primitives.urls import libpq_dsn
+from outbox.storage import statements as sql
 from tests.test_query_plans import plan, rows_read, scans
 
 ROOT = Path(__file__).resolve().parent.parent

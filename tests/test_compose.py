@@ -26,8 +26,8 @@ import yaml
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-from outbox.dburl import libpq_dsn
-from outbox.settings import WorkerSettings, load_settings
+from outbox.primitives.urls import libpq_dsn
+from outbox.runtime.settings import WorkerSettings, load_settings
 from sidecar.settings import SidecarSettings
 from workers.chat import ChatSettings
 from workers.document import DocumentSettings

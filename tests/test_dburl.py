@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from outbox import ConfigurationError, async_database_url
-from outbox.dburl import NOT_SHOWN, libpq_dsn, redacted_url
+from outbox.primitives.urls import NOT_SHOWN, libpq_dsn, redacted_url
 
 
 @pytest.mark.parametrize(

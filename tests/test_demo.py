@@ -24,8 +24,8 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from outbox.dburl import libpq_dsn
-from outbox.devservers import LocalServices
+from devservers import LocalServices
+from outbox.primitives.urls import libpq_dsn
 from tests.conftest import admin
 
 ROOT = Path(__file__).resolve().parent.parent

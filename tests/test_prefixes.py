@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outbox.errors import InvalidArgumentError
-from outbox.prefixes import TypeRange, successor, type_ranges
+from outbox.primitives.errors import InvalidArgumentError
+from outbox.primitives.prefixes import TypeRange, successor, type_ranges
 
 
 def matches(ranges: list[TypeRange] | None, value: str) -> bool:

@@ -18,8 +18,8 @@ from sqlalchemy import UpdateBase
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from outbox import async_database_url, claim_batch
-from outbox import statements as sql
-from outbox.storage import claim_statement, reap_statement
+from outbox.storage import statements as sql
+from outbox.storage.claims import claim_statement, reap_statement
 
 pytestmark = pytest.mark.anyio
 

@@ -21,8 +21,8 @@ from outbox import (
     reschedule,
     stats,
 )
-from outbox.pgpool import create_pool
-from outbox.stats import table_gauges
+from outbox.storage.pool import create_pool
+from outbox.storage.stats import table_gauges
 
 pytestmark = pytest.mark.anyio
 

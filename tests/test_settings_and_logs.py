@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-from outbox.backoff import ExponentialBackoff, FixedSchedule
-from outbox.errors import ConfigurationError
-from outbox.logs import configure_logging, log_event
-from outbox.settings import WorkerSettings, load_settings
+from outbox.primitives.backoff import ExponentialBackoff, FixedSchedule
+from outbox.primitives.errors import ConfigurationError
+from outbox.primitives.logs import configure_logging, log_event
+from outbox.runtime.settings import WorkerSettings, load_settings
 from workers.chat import ChatSettings
 
 URL = "postgresql://app:s3cret@db:5432/app"

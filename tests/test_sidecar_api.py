@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox.devservers import free_port
+from devservers import free_port
 from tests.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.anyio

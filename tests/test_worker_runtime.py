@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import ClaimedMessage, NewMessage, claim_batch, enqueue_many
-from outbox.handler import (
+from outbox.runtime.handler import (
     DELIVERED,
     GiveUp,
     GiveUpError,
@@ -26,8 +26,8 @@ from outbox.handler import (
     RetryLaterError,
     TransportUnavailable,
 )
-from outbox.settings import WorkerSettings, load_settings
-from outbox.worker import Worker
+from outbox.runtime.settings import WorkerSettings, load_settings
+from outbox.runtime.worker import Worker
 
 pytestmark = pytest.mark.anyio
 
@@ -446,7 +446,7 @@ async def test_stop_during_start_up_returns_cleanly(database_url: str) -> None:
 def test_settings_that_could_only_fail_later_fail_at_start(
     values: dict[str, Any], named: str
 ) -> None:
-    from outbox.errors import ConfigurationError
+    from outbox.primitives.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match=named):
         load_settings(WorkerSettings, database_url="postgresql://u@h/db", **values)

@@ -4,7 +4,7 @@
 publishes to ``chat:message``; ``room`` to ``conv:{key}``. Each message is the JSON envelope
 ``{"id", "type", "key", "payload", "created_at"}``. A batch is published in one pipelined
 round trip and acknowledged in one statement. Redis down: the batch is handed back with no
-attempt counted and the worker pauses (see ``outbox.worker``).
+attempt counted and the worker pauses (see ``outbox.runtime.worker``).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pydantic import AfterValidator, Field, model_validator
 from redis.asyncio.connection import parse_url
 from redis.exceptions import RedisError
 
-from outbox.handler import DELIVERED, GiveUp, Outcome, TransportUnavailable
-from outbox.messages import ClaimedMessage
-from outbox.runner import run_worker_process
-from outbox.settings import WorkerSettings
+from outbox.primitives.messages import ClaimedMessage
+from outbox.runtime.handler import DELIVERED, GiveUp, Outcome, TransportUnavailable
+from outbox.runtime.runner import run_worker_process
+from outbox.runtime.settings import WorkerSettings
 
 __all__ = ["ChatPublisher", "ChatSettings", "envelope", "main"]
 
@@ -41,7 +41,7 @@ def _redis_url(url: str) -> str:
 
 
 class ChatSettings(WorkerSettings):
-    """:class:`~outbox.settings.WorkerSettings` plus Redis and the channel layout."""
+    """:class:`~outbox.runtime.settings.WorkerSettings` plus Redis and the channel layout."""
 
     redis_url: Annotated[str, AfterValidator(_redis_url)]
     """``redis://[:password@]host:port/db``; ``rediss://`` for TLS."""
@@ -85,7 +85,7 @@ def envelope(message: ClaimedMessage) -> bytes:
 
 
 class ChatPublisher:
-    """Publishes a batch with one pipelined round trip (a :class:`~outbox.handler.Handler`)."""
+    """Publishes a batch with one pipelined round trip (a :class:`~outbox.runtime.Handler`)."""
 
     def __init__(self, settings: ChatSettings) -> None:
         self.settings = settings

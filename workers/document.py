@@ -35,12 +35,18 @@ from pydantic import (
     model_validator,
 )
 
-from outbox.dburl import redacted_url
-from outbox.handler import GiveUpError, PerMessage, RetryLaterError, TransportUnavailable, describe
-from outbox.messages import ClaimedMessage
-from outbox.pgpool import is_unreachable
-from outbox.runner import run_worker_process
-from outbox.settings import BearerToken, WorkerSettings
+from outbox.primitives.messages import ClaimedMessage
+from outbox.primitives.urls import redacted_url
+from outbox.runtime.handler import (
+    GiveUpError,
+    PerMessage,
+    RetryLaterError,
+    TransportUnavailable,
+    describe,
+)
+from outbox.runtime.runner import run_worker_process
+from outbox.runtime.settings import BearerToken, WorkerSettings
+from outbox.storage.pool import is_unreachable
 from workers.document_schema import DocumentStatus
 from workers.document_status import DocumentColumns, DocumentStatusStore
 from workers.sidecar_client import (
@@ -63,7 +69,7 @@ def _http_url(url: str) -> str:
 
 
 class DocumentSettings(WorkerSettings):
-    """:class:`~outbox.settings.WorkerSettings` plus the sidecar and the documents table."""
+    """:class:`~outbox.runtime.settings.WorkerSettings` plus the sidecar and the documents table."""
 
     sidecar_base_url: Annotated[str, AfterValidator(_http_url)] = Field(
         validation_alias=AliasChoices("sidecar_base_url", "document_sidecar_base_url")
@@ -131,7 +137,7 @@ def _malformed(exc: ValidationError) -> str:
 
 
 class DocumentPreprocessor:
-    """The document worker's :class:`~outbox.handler.MessageHandler` (see the module doc)."""
+    """The document worker's message handler (see the module doc)."""
 
     def __init__(self, settings: DocumentSettings) -> None:
         self.settings = settings

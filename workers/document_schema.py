@@ -3,7 +3,7 @@
 The document worker only needs a table with an id, a status and (optionally) an error
 column, which an application may already have (see the ``DOCUMENTS_*`` settings); these are
 the tables the reference sidecar reads and writes, created by the ``documents`` branch of
-the migrations (``outbox.migrate.upgrade(url, documents=True)``).
+the migrations (``outbox.storage.migrate.upgrade(url, documents=True)``).
 
 ``documents.content`` holds the uploaded bytes; ``content_type`` says how to read them
 (``text/plain``, ``text/markdown``, ``text/html``, ``application/pdf``; a ``charset``

@@ -17,8 +17,8 @@ from typing import Any
 
 import asyncpg
 
-from outbox.pgpool import create_pool
-from outbox.storage import storable_error
+from outbox.storage.claims import storable_error
+from outbox.storage.pool import create_pool
 
 __all__ = ["IDENTIFIER", "DocumentColumns", "DocumentStatusStore"]
 

@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 import httpx
 
-from outbox.dburl import redacted_url
+from outbox.primitives.urls import redacted_url
 
 __all__ = [
     "SidecarClient",

@@ -2,7 +2,7 @@
 
 Its own branch (label ``documents``, in its own folder), so the outbox's migrations never
 create it in an application that has documents of its own. Run it with
-``outbox.migrate.upgrade(url, documents=True)`` or, from the repository root,
+``outbox.storage.migrate.upgrade(url, documents=True)`` or, from the repository root,
 ``alembic upgrade heads``. Defined in ``workers.document_schema``.
 
 It also adds a trigger on ``outbox``: when a ``document.preprocess.v1`` row becomes

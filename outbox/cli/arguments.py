@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from outbox.admin import MAX_BATCH_SIZE, PurgeTarget
 from outbox.cli.durations import parse_duration
 from outbox.cli.exits import EXIT_CODES_HELP
+from outbox.storage.admin import MAX_BATCH_SIZE, PurgeTarget
 
 __all__ = ["Handler", "build_parser", "parse"]
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import asyncpg
 
-from outbox.admin import outbox_table_exists
 from outbox.cli.exits import EXIT_NO_TABLE, EXIT_UNREACHABLE, EXIT_USAGE, CommandError
-from outbox.dburl import libpq_dsn, redacted_url
-from outbox.errors import ConfigurationError
-from outbox.pgpool import connect, is_unreachable
+from outbox.primitives.errors import ConfigurationError
+from outbox.primitives.urls import libpq_dsn, redacted_url
+from outbox.storage.admin import outbox_table_exists
+from outbox.storage.pool import connect, is_unreachable
 
 __all__ = ["Target", "connected", "explain_failure", "target_of"]
 

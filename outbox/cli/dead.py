@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import sys
 
-from outbox.admin import DeadFilter, DeadMessage, RetryResult, list_dead, retry_dead
 from outbox.cli.database import connected, target_of
 from outbox.cli.exits import EXIT_INTERRUPTED, EXIT_OK, IN_FLIGHT, CommandError
 from outbox.cli.render import Cell, Progress, format_time, json_text, messages, one_line, table
+from outbox.storage.admin import DeadFilter, DeadMessage, RetryResult, list_dead, retry_dead
 
 __all__ = ["list_command", "retry_command"]
 

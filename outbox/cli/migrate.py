@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from outbox.admin import migrated_revisions
 from outbox.cli.database import Target, connected, target_of
 from outbox.cli.exits import EXIT_OK, EXIT_USAGE, CommandError
+from outbox.storage.admin import migrated_revisions
 
 __all__ = ["run"]
 
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError as AlembicCommandError
 
-    from outbox.migrate import alembic_config, upgrade
+    from outbox.storage.migrate import alembic_config, upgrade
 
     target = target_of(args)
     asyncio.run(_revisions(target))  # reachable? (alembic's own connect has no timeout)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from outbox.admin import PurgeTarget, purge
 from outbox.cli.database import connected, target_of
 from outbox.cli.durations import format_duration
 from outbox.cli.exits import EXIT_INTERRUPTED, EXIT_OK, IN_FLIGHT, CommandError
 from outbox.cli.render import Progress, json_text, messages
+from outbox.storage.admin import PurgeTarget, purge
 
 __all__ = ["run"]
 

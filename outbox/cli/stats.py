@@ -8,14 +8,14 @@ import asyncio
 from outbox.cli.database import Target, connected, target_of
 from outbox.cli.exits import EXIT_OK
 from outbox.cli.render import Cell, format_age, json_text, table
-from outbox.schema import Status
-from outbox.stats import OutboxStats, stats
+from outbox.storage.schema import Status
+from outbox.storage.stats import OutboxStats, stats
 
 __all__ = ["as_json", "as_text", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the snapshot of :func:`outbox.stats.stats` as a table or (``--json``) JSON."""
+    """Print the snapshot of :func:`outbox.storage.stats.stats` as a table or (``--json``) JSON."""
     snapshot = asyncio.run(_stats(target_of(args)))
     print(json_text(as_json(snapshot)) if args.json else "\n".join(as_text(snapshot)))
     return EXIT_OK

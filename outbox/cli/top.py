@@ -14,10 +14,10 @@ import sys
 import time
 from datetime import datetime
 
-from outbox.admin import LiveSample, live_sample
 from outbox.cli.database import Target, connected, target_of
 from outbox.cli.exits import EXIT_OK
 from outbox.cli.render import format_age, format_rate, format_time, json_text, table
+from outbox.storage.admin import LiveSample, live_sample
 
 __all__ = ["as_json", "as_line", "as_screen", "run"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from outbox import statements as sql
-from outbox._db import AsyncDB, fetch_all
-from outbox.schema import Status
+from outbox.storage import statements as sql
+from outbox.storage.execution import AsyncDB, fetch_all
+from outbox.storage.schema import Status
 
 __all__ = ["OutboxStats", "TableGauges", "stats", "table_gauges", "type_prefix_of"]
 

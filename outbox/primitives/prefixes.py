@@ -4,14 +4,14 @@
 that start with ``p`` are exactly the half-open range ``[p, successor(p))``. Include and
 exclude lists therefore reduce to a short, sorted list of disjoint ranges, which PostgreSQL
 answers with index range scans on ``ix_outbox_claimable_type``. There is no LIKE pattern, so
-``_`` and ``%`` are ordinary characters. ``outbox.storage`` turns the ranges into SQL.
+``_`` and ``%`` are ordinary characters. ``outbox.storage.claims`` turns the ranges into SQL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from outbox.errors import InvalidArgumentError
+from outbox.primitives.errors import InvalidArgumentError
 
 __all__ = ["PrefixArg", "TypeRange", "successor", "type_ranges"]
 

@@ -1,4 +1,5 @@
-"""The worker runtime: claim → handle → acknowledge, around any :class:`~outbox.handler.Handler`.
+"""The dispatch loop: claim → handle → acknowledge, around any
+:class:`~outbox.runtime.handler.Handler`.
 
 One :class:`Worker` per process runs these tasks:
 
@@ -7,7 +8,7 @@ One :class:`Worker` per process runs these tasks:
   notification or ``POLL_INTERVAL_MS``. At most ``CONCURRENCY`` messages are in flight
   (claimed and not yet acknowledged).
 - **batch tasks**: call the handler under ``HANDLER_TIMEOUT_SECONDS`` and submit its
-  outcomes to the :class:`~outbox.acker.Acknowledger` (grouped, fenced statements).
+  outcomes to the :class:`~outbox.runtime.acknowledger.Acknowledger` (grouped, fenced statements).
 - **heartbeat**: extends the leases of batches running longer than a third of the lease.
 - **reaper**: returns expired leases of crashed workers to ``pending`` (or ``dead``).
 - **wake-up** listener and, with metrics on, the HTTP server (up from the start, so
@@ -15,7 +16,7 @@ One :class:`Worker` per process runs these tasks:
 
 Failures: a database error anywhere is logged and retried with backoff (the pool reconnects;
 every statement has ``DATABASE_TIMEOUT_SECONDS``); a handler's
-:class:`~outbox.handler.TransportUnavailable` hands its batch back uncounted, held for the
+:class:`~outbox.runtime.handler.TransportUnavailable` hands its batch back uncounted, held for the
 pause, and pauses claiming with growing delays until a batch goes through.
 
 Shutdown (:meth:`Worker.stop`): start-up checks and idle waits end at once; a claim under way
@@ -39,19 +40,19 @@ import anyio
 import anyio.abc
 import asyncpg
 
-from outbox.acker import Acknowledger, Acks, report_lost
-from outbox.constants import MAX_DELAY_SECONDS
-from outbox.dburl import redacted_url
-from outbox.handler import Delivered, GiveUp, Handler, Outcome, Retry, TransportUnavailable
-from outbox.handler import describe as describe_error
-from outbox.logs import log_event
-from outbox.messages import ClaimedMessage
-from outbox.metrics import WorkerMetrics, serve_http
-from outbox.pgpool import create_pool
-from outbox.settings import WorkerSettings
-from outbox.stats import table_gauges
-from outbox.storage import claim_batch, extend_lease, reap_expired_locks
-from outbox.wakeup import Wakeup
+from outbox.primitives.constants import MAX_DELAY_SECONDS
+from outbox.primitives.logs import log_event
+from outbox.primitives.messages import ClaimedMessage
+from outbox.primitives.urls import redacted_url
+from outbox.runtime.acknowledger import Acknowledger, Acks, report_lost
+from outbox.runtime.handler import Delivered, GiveUp, Handler, Outcome, Retry, TransportUnavailable
+from outbox.runtime.handler import describe as describe_error
+from outbox.runtime.metrics import WorkerMetrics, serve_http
+from outbox.runtime.settings import WorkerSettings
+from outbox.runtime.wakeup import Wakeup
+from outbox.storage.claims import claim_batch, extend_lease, reap_expired_locks
+from outbox.storage.pool import create_pool
+from outbox.storage.stats import table_gauges
 
 __all__ = ["StartupError", "Worker"]
 

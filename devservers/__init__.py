@@ -14,7 +14,7 @@ The servers are children of this process and Linux stops them if it dies without
 up, even by SIGKILL (Linux ties that to the thread that started them: start them from the
 main thread, or from a thread that lives as long as they should).
 
-``python -m outbox.devservers`` starts both, prints their URLs and waits for Ctrl-C or
+``python -m devservers`` starts both, prints their URLs and waits for Ctrl-C or
 SIGTERM.
 """
 
@@ -154,7 +154,7 @@ def postgres_reachable(url: str, timeout: float = 3.0) -> bool:
     """True when a PostgreSQL server answers at ``url`` (any driver prefix is accepted)."""
     import asyncpg
 
-    from outbox.dburl import libpq_dsn
+    from outbox.primitives.urls import libpq_dsn
 
     async def probe() -> None:
         conn = await asyncpg.connect(libpq_dsn(url), timeout=timeout)
@@ -541,7 +541,3 @@ def main() -> None:
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)
-
-
-if __name__ == "__main__":
-    main()

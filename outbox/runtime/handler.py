@@ -19,7 +19,7 @@ from typing import Final, Protocol
 
 import anyio
 
-from outbox.messages import ClaimedMessage
+from outbox.primitives.messages import ClaimedMessage
 
 __all__ = [
     "DELIVERED",

@@ -26,7 +26,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from outbox.messages import ClaimedMessage
+from outbox.primitives.messages import ClaimedMessage
 
 __all__ = ["WorkerMetrics", "serve_http"]
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import anyio
 
-from outbox.backoff import BackoffPolicy
-from outbox.handler import Retry, describe
-from outbox.logs import log_event
-from outbox.messages import AckResult, ClaimedMessage
-from outbox.metrics import WorkerMetrics
-from outbox.storage import mark_dead, mark_published, release, reschedule
+from outbox.primitives.backoff import BackoffPolicy
+from outbox.primitives.logs import log_event
+from outbox.primitives.messages import AckResult, ClaimedMessage
+from outbox.runtime.handler import Retry, describe
+from outbox.runtime.metrics import WorkerMetrics
+from outbox.storage.claims import mark_dead, mark_published, release, reschedule
 
 __all__ = ["Acknowledger", "Acks", "is_rejected_input", "report_lost"]
 

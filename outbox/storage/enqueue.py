@@ -23,11 +23,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
-from outbox._db import SyncDB
-from outbox.constants import MAX_DELAY_SECONDS
-from outbox.errors import InvalidMessageError, OutboxError
-from outbox.messages import NewMessage, Payload
-from outbox.statements import ENQUEUE, SELECT_BY_DEDUPE_KEY
+from outbox.primitives.constants import MAX_DELAY_SECONDS
+from outbox.primitives.errors import InvalidMessageError, OutboxError
+from outbox.primitives.messages import NewMessage, Payload
+from outbox.storage.execution import SyncDB
+from outbox.storage.statements import ENQUEUE, SELECT_BY_DEDUPE_KEY
 
 __all__ = ["enqueue", "enqueue_many"]
 
@@ -79,7 +79,7 @@ def enqueue(
     (in any status, until it is purged) no row is inserted and the existing row's id is
     returned. A concurrent transaction inserting the same key makes this call wait for it.
 
-    Raises :class:`~outbox.errors.InvalidMessageError` for bad input before touching the
+    Raises :class:`~outbox.primitives.errors.InvalidMessageError` for bad input before touching the
     database. Never commits.
     """
     ids = _enqueue(db, [NewMessage(type, payload, key, delay, available_at, dedupe_key)])

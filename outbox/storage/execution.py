@@ -6,7 +6,7 @@ transaction; it takes effect when the caller commits). They also take a raw asyn
 ``Pool`` (autocommit: each statement is its own transaction) or ``Connection`` (whatever
 transaction it is in): the worker runtime's hot path, which skips SQLAlchemy's execution
 layer. The same Core statements run on both; for asyncpg they are compiled once to ``$n``
-SQL and cached. Raw asyncpg handles need the JSON codecs of :func:`outbox.pgpool.create_pool`.
+SQL and cached. Raw asyncpg handles need the JSON codecs of :func:`outbox.storage.pool.create_pool`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ __all__ = ["AsyncDB", "Rows", "SyncDB", "execute_alone", "fetch_all"]
 
 AsyncDB = AsyncEngine | AsyncConnection | AsyncSession | Any
 """An engine (own transaction per call), a connection/session (the caller's transaction), or
-an asyncpg ``Pool``/``Connection`` set up by :func:`outbox.pgpool.create_pool`."""
+an asyncpg ``Pool``/``Connection`` set up by :func:`outbox.storage.pool.create_pool`."""
 
 SyncDB = Connection | Session
 """A synchronous connection or session (the caller's transaction)."""
@@ -106,7 +106,7 @@ _DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
 
 @functools.lru_cache(maxsize=512)
 def _compiled(statement: ClauseElement) -> _AsyncpgStatement:
-    """Compile once per statement object (the templates in ``outbox.statements`` are fixed).
+    """Compile once per statement object (the templates in ``outbox.storage.statements`` are fixed).
 
     Only sequence-to-list bind processors exist for these statements, and asyncpg takes
     lists and tuples alike, so values pass through untouched.

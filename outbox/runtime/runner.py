@@ -16,11 +16,11 @@ from typing import NoReturn, TypeVar
 
 import anyio
 
-from outbox.errors import ConfigurationError
-from outbox.handler import Handler
-from outbox.logs import configure_logging, log_event
-from outbox.settings import WorkerSettings, load_settings
-from outbox.worker import StartupError, Worker
+from outbox.primitives.errors import ConfigurationError
+from outbox.primitives.logs import configure_logging, log_event
+from outbox.runtime.handler import Handler
+from outbox.runtime.settings import WorkerSettings, load_settings
+from outbox.runtime.worker import StartupError, Worker
 
 __all__ = ["EXIT_BAD_SETTINGS", "EXIT_UNREACHABLE", "run_worker_process"]
 

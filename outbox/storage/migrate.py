@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import URL
 
-from outbox.dburl import async_database_url
+from outbox.primitives.urls import async_database_url
 
 __all__ = [
     "DOCUMENTS_FOLDER",
@@ -37,7 +37,7 @@ DOCUMENTS_FOLDER = "documents"
 
 def migrations_dir() -> Path:
     """The Alembic script folder (``env.py``, ``versions/``) that ships with the package."""
-    return Path(__file__).resolve().parent / "_migrations"
+    return Path(__file__).resolve().parent.parent / "_migrations"
 
 
 def alembic_config(database_url: str | URL) -> Config:

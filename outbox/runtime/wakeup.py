@@ -14,8 +14,8 @@ from typing import Any
 
 import anyio
 
-from outbox.logs import log_event
-from outbox.pgpool import connect
+from outbox.primitives.logs import log_event
+from outbox.storage.pool import connect
 
 __all__ = ["NOTIFY_CHANNEL", "Wakeup"]
 

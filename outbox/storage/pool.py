@@ -1,6 +1,7 @@
 """Raw asyncpg connections for the worker runtime's hot path.
 
-The runtime runs the library's statements on asyncpg directly (see ``outbox._db``): the
+The runtime runs the library's statements on asyncpg directly (see
+``outbox.storage.execution``): the
 same SQL, without SQLAlchemy's per-call execution overhead. ``jsonb``/``json`` columns are
 decoded with the standard ``json`` module, as SQLAlchemy does.
 """
@@ -12,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from outbox.dburl import libpq_dsn
+from outbox.primitives.urls import libpq_dsn
 
 __all__ = ["UNREACHABLE_ERRORS", "connect", "create_pool", "is_unreachable"]
 

@@ -1,6 +1,7 @@
 """Worker-side storage: claim, acknowledge, extend, release and reap.
 
-Every call takes an :data:`~outbox._db.AsyncDB`: an ``AsyncEngine`` runs the call in its own
+Every call takes an :data:`~outbox.storage.execution.AsyncDB`:
+an ``AsyncEngine`` runs the call in its own
 transaction and commits before returning; an ``AsyncConnection``/``AsyncSession`` joins the
 caller's transaction, which the caller must commit promptly (claimed rows stay row-locked
 until then). Each call is one statement (one round trip), whatever the batch size.
@@ -28,10 +29,8 @@ from typing import Any
 
 from sqlalchemy.sql.dml import Update
 
-from outbox import statements as sql
-from outbox._db import AsyncDB, Rows, fetch_all
-from outbox.backoff import BackoffPolicy, ExponentialBackoff
-from outbox.constants import (
+from outbox.primitives.backoff import BackoffPolicy, ExponentialBackoff
+from outbox.primitives.constants import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_REAP_LIMIT,
     FILTERED_CLAIM_POOL_FACTOR,
@@ -39,10 +38,12 @@ from outbox.constants import (
     MAX_DELAY_SECONDS,
     MAX_ERROR_LENGTH,
 )
-from outbox.errors import InvalidArgumentError
-from outbox.messages import AckResult, ClaimedMessage, ReapResult, RescheduleResult
-from outbox.prefixes import PrefixArg, type_ranges
-from outbox.schema import Status
+from outbox.primitives.errors import InvalidArgumentError
+from outbox.primitives.messages import AckResult, ClaimedMessage, ReapResult, RescheduleResult
+from outbox.primitives.prefixes import PrefixArg, type_ranges
+from outbox.storage import statements as sql
+from outbox.storage.execution import AsyncDB, Rows, fetch_all
+from outbox.storage.schema import Status
 
 __all__ = [
     "claim_batch",

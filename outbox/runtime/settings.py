@@ -23,10 +23,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from outbox.backoff import BackoffPolicy, ExponentialBackoff, FixedSchedule
-from outbox.constants import DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT
-from outbox.dburl import libpq_dsn, redacted_url
-from outbox.errors import ConfigurationError
+from outbox.primitives.backoff import BackoffPolicy, ExponentialBackoff, FixedSchedule
+from outbox.primitives.constants import DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT
+from outbox.primitives.errors import ConfigurationError
+from outbox.primitives.urls import libpq_dsn, redacted_url
 
 __all__ = ["BearerToken", "WorkerSettings", "load_settings", "parse_prefixes"]
 

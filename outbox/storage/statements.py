@@ -58,9 +58,9 @@ from sqlalchemy.sql.dml import Insert, ReturningDelete, Update
 from sqlalchemy.sql.elements import Grouping
 from sqlalchemy.sql.expression import CTE, ScalarSelect
 
-from outbox.prefixes import TypeRange
-from outbox.schema import Status
-from outbox.schema import outbox_table as t
+from outbox.primitives.prefixes import TypeRange
+from outbox.storage.schema import Status
+from outbox.storage.schema import outbox_table as t
 
 __all__ = [
     "CLAIMED_COLUMNS",
@@ -231,7 +231,7 @@ def _oldest_claimable_of_types(ranges: tuple[TypeRange, ...]) -> CTE:
        hold (``FOR UPDATE SKIP LOCKED``; the status is re-checked on the locked row).
 
     Only the claimed rows are locked. ``:pool`` is larger than ``:limit`` (see
-    :data:`~outbox.constants.FILTERED_CLAIM_POOL_FACTOR`) so that claimers racing for the
+    :data:`~outbox.primitives.constants.FILTERED_CLAIM_POOL_FACTOR`) so that claimers racing for the
     same oldest rows still fill their batches. Cost grows with the number of distinct
     pending types in the ranges, not with the size of any backlog.
     """
@@ -449,13 +449,13 @@ TABLE_GAUGES: Select[Any] = select(
 """``(pending, in_progress, dead, oldest claimable age or NULL)``: each count reads only its
 status's partial index, never the published rows."""
 
-# -- operator commands (outbox.admin, the ``outbox`` CLI) ----------------------------------
+# -- operator commands (outbox.storage.admin, the ``outbox`` CLI) ----------------------------------
 #
 # Dead rows are aged by ``dead_at`` (set by a trigger whenever a row becomes dead) on
 # ``ix_outbox_dead_at``; published rows by ``published_at`` on ``ix_outbox_published_at``.
 # ``:died_before`` / ``:died_after`` bound a dead range (``NULL``: unbounded), ``:ids``
 # (when the statement was built ``by_id``) names rows, and a type prefix is a range of the
-# "C"-collated ``type`` (see ``outbox.prefixes``).
+# "C"-collated ``type`` (see ``outbox.primitives.prefixes``).
 #
 # Batched statements walk a keyset cursor ``(:cursor_at, :cursor_id)`` (``NULL``: from the
 # start) over ``(age, id)``, so each batch starts where the last one ended: rows an earlier

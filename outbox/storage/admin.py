@@ -1,7 +1,8 @@
 """Operator operations on the outbox table: inspect, retry and purge dead rows, live samples.
 
 What the ``outbox`` CLI runs, usable from code too. Every call takes an
-:data:`~outbox._db.AsyncDB`. Batched operations (:func:`retry_dead`, :func:`purge`) run one
+:data:`~outbox.storage.execution.AsyncDB`.
+Batched operations (:func:`retry_dead`, :func:`purge`) run one
 short statement per batch; give them an engine, a pool or a connection outside a
 transaction, so that each batch commits on its own and no lock is held for long.
 
@@ -20,12 +21,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from outbox import statements as sql
-from outbox._db import AsyncDB, execute_alone, fetch_all
-from outbox.errors import InvalidArgumentError
-from outbox.prefixes import TypeRange, type_ranges
-from outbox.schema import OUTBOX_TABLE_NAME, Status
-from outbox.storage import checked_now
+from outbox.primitives.errors import InvalidArgumentError
+from outbox.primitives.prefixes import TypeRange, type_ranges
+from outbox.storage import statements as sql
+from outbox.storage.claims import checked_now
+from outbox.storage.execution import AsyncDB, execute_alone, fetch_all
+from outbox.storage.schema import OUTBOX_TABLE_NAME, Status
 
 __all__ = [
     "DeadFilter",
@@ -72,7 +73,7 @@ async def outbox_table_exists(db: AsyncDB) -> bool:
 async def migrated_revisions(db: AsyncDB) -> list[str]:
     """The Alembic revisions the database is at (``outbox_alembic_version``), sorted; empty
     when the outbox was never migrated standalone."""
-    from outbox.migrate import VERSION_TABLE  # here: importing Alembic takes a while
+    from outbox.storage.migrate import VERSION_TABLE  # here: importing Alembic takes a while
 
     exists = await fetch_all(db, sql.TABLE_EXISTS, {"table_name": VERSION_TABLE})
     if not exists[0][0]:
@@ -296,7 +297,7 @@ async def _walk(
 
 @dataclass(frozen=True)
 class PrefixSample:
-    """One type prefix (see :func:`outbox.stats.type_prefix_of`) in a :class:`LiveSample`."""
+    """One type prefix (see :func:`~outbox.storage.stats.type_prefix_of`) in a sample."""
 
     pending: int = 0
     in_progress: int = 0

@@ -7,7 +7,7 @@ from urllib.parse import quote
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from outbox.errors import ConfigurationError
+from outbox.primitives.errors import ConfigurationError
 
 __all__ = ["NOT_SHOWN", "async_database_url", "libpq_dsn", "redacted_url"]
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from outbox.errors import InvalidArgumentError
+from outbox.primitives.errors import InvalidArgumentError
 
 __all__ = [
     "BackoffPolicy",
