@@ -16,9 +16,14 @@ from outbox.primitives.backoff import (
 )
 from outbox.primitives.errors import (
     ConfigurationError,
+    GiveUpError,
+    HandlerError,
     InvalidArgumentError,
     InvalidMessageError,
     OutboxError,
+    RetryLaterError,
+    StartupError,
+    TransportUnavailable,
 )
 from outbox.primitives.messages import (
     AckResult,
@@ -30,6 +35,16 @@ from outbox.primitives.messages import (
     RescheduleResult,
 )
 from outbox.primitives.urls import async_database_url
+from outbox.runtime.handler import (
+    DELIVERED,
+    Delivered,
+    GiveUp,
+    Handler,
+    MessageHandler,
+    Outcome,
+    PerMessage,
+    Retry,
+)
 from outbox.storage.claims import (
     claim_batch,
     extend_lease,
@@ -44,23 +59,36 @@ from outbox.storage.schema import Status, metadata, outbox_table
 from outbox.storage.stats import OutboxStats, stats
 
 __all__ = [
+    "DELIVERED",
     "AckResult",
     "BackoffPolicy",
     "ClaimedMessage",
     "ConfigurationError",
+    "Delivered",
     "ExponentialBackoff",
     "FixedSchedule",
+    "GiveUp",
+    "GiveUpError",
+    "Handler",
+    "HandlerError",
     "InvalidArgumentError",
     "InvalidMessageError",
     "JSONValue",
+    "MessageHandler",
     "NewMessage",
     "OutboxError",
     "OutboxStats",
+    "Outcome",
     "Payload",
+    "PerMessage",
     "PerTypeBackoff",
     "ReapResult",
     "RescheduleResult",
+    "Retry",
+    "RetryLaterError",
+    "StartupError",
     "Status",
+    "TransportUnavailable",
     "async_database_url",
     "claim_batch",
     "enqueue",

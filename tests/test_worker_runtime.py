@@ -15,16 +15,19 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox import ClaimedMessage, NewMessage, claim_batch, enqueue_many
-from outbox.runtime.handler import (
+from outbox import (
     DELIVERED,
+    ClaimedMessage,
     GiveUp,
     GiveUpError,
+    NewMessage,
     Outcome,
     PerMessage,
     Retry,
     RetryLaterError,
     TransportUnavailable,
+    claim_batch,
+    enqueue_many,
 )
 from outbox.runtime.settings import WorkerSettings, load_settings
 from outbox.runtime.worker import Worker

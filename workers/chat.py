@@ -20,8 +20,9 @@ from pydantic import AfterValidator, Field, model_validator
 from redis.asyncio.connection import parse_url
 from redis.exceptions import RedisError
 
+from outbox.primitives.errors import TransportUnavailable
 from outbox.primitives.messages import ClaimedMessage
-from outbox.runtime.handler import DELIVERED, GiveUp, Outcome, TransportUnavailable
+from outbox.runtime.handler import DELIVERED, GiveUp, Outcome
 from outbox.runtime.runner import run_worker_process
 from outbox.runtime.settings import WorkerSettings
 

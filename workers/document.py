@@ -35,15 +35,15 @@ from pydantic import (
     model_validator,
 )
 
-from outbox.primitives.messages import ClaimedMessage
-from outbox.primitives.urls import redacted_url
-from outbox.runtime.handler import (
+from outbox.primitives.errors import (
     GiveUpError,
-    PerMessage,
     RetryLaterError,
     TransportUnavailable,
-    describe,
+    error_text,
 )
+from outbox.primitives.messages import ClaimedMessage
+from outbox.primitives.urls import redacted_url
+from outbox.runtime.handler import PerMessage
 from outbox.runtime.runner import run_worker_process
 from outbox.runtime.settings import BearerToken, WorkerSettings
 from outbox.storage.pool import is_unreachable
@@ -197,7 +197,7 @@ class DocumentPreprocessor:
             raise RetryLaterError(str(exc), self._delay(message, exc)) from exc
         except Exception as exc:  # unforeseen (a bad answer body, ...): retried, or final
             if self._final(message):
-                reason = self._final_reason(message, describe(exc))
+                reason = self._final_reason(message, error_text(exc))
                 await self._give_up(payload.documentId, reason)
             raise
         await self._set(payload.documentId, DocumentStatus.PROCESSED)

@@ -22,10 +22,11 @@ from typing import Any
 
 import anyio
 
-from outbox.primitives.backoff import BackoffPolicy
+from outbox.primitives.delays import GrowingDelay
+from outbox.primitives.errors import error_text
 from outbox.primitives.logs import log_event
 from outbox.primitives.messages import AckResult, ClaimedMessage
-from outbox.runtime.handler import Retry, describe
+from outbox.runtime.handler import Retry
 from outbox.runtime.metrics import WorkerMetrics
 from outbox.storage.claims import mark_dead, mark_published, release, reschedule
 
@@ -42,6 +43,7 @@ class Acks:
     dead: list[tuple[ClaimedMessage, str]] = field(default_factory=list)
     released: list[tuple[ClaimedMessage, float | None]] = field(default_factory=list)
     retried: list[tuple[ClaimedMessage, Retry]] = field(default_factory=list)
+    """Each with its resolved delay (see :func:`outbox.runtime.outcomes.retry_delay`)."""
     duration_ms: dict[int, float] = field(default_factory=dict)
     """How long the handler took, by message id (for the logs)."""
 
@@ -75,6 +77,12 @@ class Acks:
         yield from (replace(empty, released=[r]) for r in self.released)
         yield from (replace(empty, retried=[r]) for r in self.retried)
 
+    def record_duration(self, seconds: float, *, all_messages: bool) -> None:
+        """Note the handler's time for the log lines of these messages: every message's when
+        ``all_messages`` (published lines are DEBUG), else only the unpublished ones'."""
+        shown = self.messages() if all_messages else [m for m, _ in (*self.dead, *self.retried)]
+        self.duration_ms.update(dict.fromkeys((m.id for m in shown), round(seconds * 1000, 2)))
+
     def messages(self) -> list[ClaimedMessage]:
         return [
             *self.published,
@@ -105,14 +113,12 @@ class Acknowledger:
         *,
         worker_id: str,
         max_attempts: int,
-        backoff: BackoffPolicy,
         metrics: WorkerMetrics,
         on_database_error: Callable[[BaseException], None],
     ) -> None:
         self.db = db
         self.worker_id = worker_id
         self.max_attempts = max_attempts
-        self.backoff = backoff
         self.metrics = metrics
         self.on_database_error = on_database_error
         self._buffer = Acks()
@@ -153,7 +159,7 @@ class Acknowledger:
                 done.set()
 
     async def _write_until_done(self, part: Acks) -> None:
-        delay = 0.05
+        delays = GrowingDelay(0.05, 5.0)
         while True:
             try:
                 await self._write(part)
@@ -163,8 +169,7 @@ class Acknowledger:
                     await self._write_one_by_one(part, exc)
                     return
                 self.on_database_error(exc)  # unreachable: keep the outcomes, try again
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await anyio.sleep(delays.next())
 
     async def _write_one_by_one(self, part: Acks, first_error: BaseException) -> None:
         singles = list(part.singles())
@@ -177,7 +182,7 @@ class Acknowledger:
                 id=message.id,
                 type=message.type,
                 attempt=message.attempts,
-                error=describe(first_error),
+                error=error_text(first_error),
             )
             return
         for single in singles:
@@ -227,9 +232,8 @@ class Acknowledger:
                 messages,
                 worker_id=wid,
                 error={message.id: r.error for message, r in acks.retried},
-                delay={message.id: r.delay for message, r in acks.retried if r.delay is not None},
+                delay={message.id: r.delay or 0.0 for message, r in acks.retried},
                 max_attempts=self.max_attempts,
-                backoff=self.backoff,
             )
             for message, r in acks.retried:
                 if message.id in outcome.lost:

@@ -3,12 +3,14 @@
 A :class:`Handler` gets a claimed batch and returns one :data:`Outcome` per message:
 :data:`DELIVERED`, :class:`Retry` (attempt counted; backoff or the given delay) or
 :class:`GiveUp` (``dead`` now). When its transport is down it raises
-:class:`TransportUnavailable` instead: the whole batch is handed back with no attempt counted
-and the worker pauses, so an outage never burns messages into ``dead``.
+:class:`~outbox.primitives.errors.TransportUnavailable` instead: the whole batch is handed
+back with no attempt counted and the worker pauses, so an outage never burns messages into
+``dead``.
 
 Most domain code handles one message at a time: write a :class:`MessageHandler` and wrap it
 in :class:`PerMessage`, which runs a batch's messages concurrently, each under a timeout, and
-maps ``RetryLater``/``GiveUp``/any other exception to outcomes.
+maps :class:`~outbox.primitives.errors.RetryLaterError`, ``GiveUpError`` and any other
+exception to outcomes.
 """
 
 from __future__ import annotations
@@ -19,20 +21,23 @@ from typing import Final, Protocol
 
 import anyio
 
+from outbox.primitives.errors import (
+    GiveUpError,
+    RetryLaterError,
+    TransportUnavailable,
+    error_text,
+)
 from outbox.primitives.messages import ClaimedMessage
 
 __all__ = [
     "DELIVERED",
     "Delivered",
     "GiveUp",
-    "GiveUpError",
     "Handler",
     "MessageHandler",
     "Outcome",
     "PerMessage",
     "Retry",
-    "RetryLaterError",
-    "TransportUnavailable",
 ]
 
 
@@ -46,10 +51,17 @@ DELIVERED: Final = Delivered()
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """Failed this time: retry after ``delay`` seconds (``None``: the backoff policy)."""
+    """Failed this time: retry after ``delay`` seconds (``None``: the backoff policy).
+
+    ``min_delay`` is a floor under that delay; an ``outage`` (the transport failed, not the
+    message) is counted like any retry but never takes the last attempt: the runtime hands
+    such a message back uncounted instead. See :func:`outbox.runtime.outcomes.retry_delay`.
+    """
 
     error: str
     delay: float | None = None
+    min_delay: float | None = None
+    outage: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,27 +72,6 @@ class GiveUp:
 
 
 Outcome = Delivered | Retry | GiveUp
-
-
-class TransportUnavailable(Exception):
-    """Raised by a handler when its transport is down; nothing of the batch is counted."""
-
-
-class RetryLaterError(Exception):
-    """Raised by a :class:`MessageHandler`: retry this message after ``delay`` seconds."""
-
-    def __init__(self, reason: str, delay: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.delay = delay
-
-
-class GiveUpError(Exception):
-    """Raised by a :class:`MessageHandler`: this message can never succeed."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class Handler(Protocol):
@@ -148,13 +139,13 @@ class PerMessage:
             except TransportUnavailable as exc:
                 transport_down.append(exc)
             except RetryLaterError as exc:
-                outcomes[index] = Retry(exc.reason, exc.delay)
+                outcomes[index] = Retry(exc.reason, exc.delay, exc.min_delay, exc.outage)
             except GiveUpError as exc:
                 outcomes[index] = GiveUp(exc.reason)
             except TimeoutError:
                 outcomes[index] = Retry(f"timed out after {self.timeout:g}s")
             except Exception as exc:
-                outcomes[index] = Retry(describe(exc))
+                outcomes[index] = Retry(error_text(exc))
 
         async with anyio.create_task_group() as tg:
             for index, message in enumerate(messages):
@@ -162,9 +153,3 @@ class PerMessage:
         if transport_down:
             raise transport_down[0]
         return outcomes
-
-
-def describe(exc: BaseException) -> str:
-    """``ValueError: bad thing`` (the class name alone when the text is empty)."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -16,11 +16,11 @@ from typing import NoReturn, TypeVar
 
 import anyio
 
-from outbox.primitives.errors import ConfigurationError
+from outbox.primitives.errors import ConfigurationError, StartupError
 from outbox.primitives.logs import configure_logging, log_event
 from outbox.runtime.handler import Handler
 from outbox.runtime.settings import WorkerSettings, load_settings
-from outbox.runtime.worker import StartupError, Worker
+from outbox.runtime.worker import Worker
 
 __all__ = ["EXIT_BAD_SETTINGS", "EXIT_UNREACHABLE", "run_worker_process"]
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import anyio
 
+from outbox.primitives.delays import GrowingDelay
+from outbox.primitives.errors import error_text
 from outbox.primitives.logs import log_event
 from outbox.storage.pool import connect
 
@@ -47,16 +49,15 @@ class Wakeup:
         """Keep a LISTEN connection open until cancelled (no-op when not listening)."""
         if not self.listen:
             await anyio.sleep_forever()
-        delay = 0.1
+        delays = GrowingDelay(0.1, 5.0)
         while True:
             try:
                 await self._listen_until_lost()
-                delay = 0.1
+                delays.reset()
             except Exception as exc:  # any failure: log, back off, reconnect
-                log_event(log, logging.WARNING, "listen.unavailable", error=str(exc) or repr(exc))
+                log_event(log, logging.WARNING, "listen.unavailable", error=error_text(exc))
             self.wake()  # notifications may have been missed while down
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await anyio.sleep(delays.next())
 
     async def _listen_until_lost(self) -> None:
         conn = await connect(self.database_url, application_name=self.application_name)
