@@ -187,6 +187,31 @@ async def test_a_transport_outage_hands_rows_back_without_counting_attempts(
     assert sorted(state) == ids
 
 
+async def test_an_outage_retry_counts_attempts_but_never_takes_the_last_one(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    (row,) = await add(engine, 1)
+    tries = 0
+
+    async def decide(message: ClaimedMessage) -> Outcome:
+        nonlocal tries
+        tries += 1
+        if tries <= 4:  # four outages; max_attempts=2 would have made it dead at the second
+            return Retry("sidecar unreachable", delay=0, outage=True)
+        return DELIVERED
+
+    worker = Worker(
+        Recorder(decide),
+        settings(database_url, max_attempts=2, transport_retry_max_seconds=0.2),
+    )
+    async with running(worker):
+        state = await settle(engine, all_in("published"))
+    # The first outage counted (attempt 1 → retried); at attempt 2, the last, every outage was
+    # handed back uncounted, so the row stayed at 2 attempts and was finally delivered.
+    assert tries == 5
+    assert state[row] == ("published", 2, None)
+
+
 async def test_the_heartbeat_keeps_a_long_job_leased(
     engine: AsyncEngine, database_url: str
 ) -> None:

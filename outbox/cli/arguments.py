@@ -16,10 +16,10 @@ from outbox.cli.durations import parse_duration
 from outbox.cli.exits import EXIT_CODES_HELP
 from outbox.storage.admin import MAX_BATCH_SIZE, PurgeTarget
 
-__all__ = ["Handler", "build_parser", "parse"]
+__all__ = ["CommandFunction", "build_parser", "parse"]
 
-Handler = Callable[[argparse.Namespace], int]
-"""A command: runs with the parsed arguments, returns the exit code."""
+CommandFunction = Callable[[argparse.Namespace], int]
+"""What runs one subcommand: parsed arguments in, exit code out."""
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_LIST_LIMIT = 50
@@ -70,7 +70,7 @@ def type_prefix(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole ``outbox`` command tree; each command sets ``handler`` (a :data:`Handler`)
+    """The whole ``outbox`` command tree; each command sets ``handler`` (a :data:`CommandFunction`)
     and ``command_parser`` (its own parser, for errors found after parsing)."""
     from outbox.cli import dead, migrate, purge, stats, top
 
@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     _database_options(common, suppress=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(group: Any, name: str, handler: Handler, summary: str) -> argparse.ArgumentParser:
+    def command(
+        group: Any, name: str, handler: CommandFunction, summary: str
+    ) -> argparse.ArgumentParser:
         sub: argparse.ArgumentParser = group.add_parser(
             name,
             parents=[common],

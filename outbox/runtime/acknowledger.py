@@ -190,7 +190,7 @@ class Acknowledger:
 
     async def _write(self, acks: Acks) -> None:
         """Write one kind of outcome (``acks`` holds only one kind)."""
-        m = self.metrics
+        metrics = self.metrics
         wid = self.worker_id
         if acks.published:
             result = await mark_published(self.db, acks.published, worker_id=wid)
@@ -201,9 +201,9 @@ class Acknowledger:
             for message in applied:
                 histogram = lag_by_type.get(message.type)
                 if histogram is None:
-                    histogram = lag_by_type[message.type] = m.lag_seconds.labels(message.type)
+                    histogram = lag_by_type[message.type] = metrics.lag_seconds.labels(message.type)
                 histogram.observe(now - message.created_at.timestamp())
-            m.count(m.published, applied)
+            metrics.count(metrics.published, applied)
             if log.isEnabledFor(logging.DEBUG):
                 for message in applied:
                     self._log(logging.DEBUG, "message.published", message, acks)
@@ -216,7 +216,7 @@ class Acknowledger:
                     error = errors[message.id]
                     self._log(logging.WARNING, "message.dead", message, acks, error=error)
             self._lost(result, messages, "dead")
-            m.count(m.dead, (x for x in messages if x.id in result.applied))
+            metrics.count(metrics.dead, (x for x in messages if x.id in result.applied))
         if acks.released:
             by_hold: dict[float | None, list[ClaimedMessage]] = {}
             for message, hold in acks.released:
@@ -224,7 +224,7 @@ class Acknowledger:
             for hold, messages in by_hold.items():
                 result = await release(self.db, messages, worker_id=wid, delay=hold)
                 self._lost(result, messages, "release")
-                m.count(m.released, (x for x in messages if x.id in result.applied))
+                metrics.count(metrics.released, (x for x in messages if x.id in result.applied))
         if acks.retried:
             messages = [message for message, _ in acks.retried]
             outcome = await reschedule(
@@ -243,8 +243,8 @@ class Acknowledger:
                 else:
                     self._log(logging.INFO, "message.retried", message, acks, error=r.error)
             self._lost(AckResult(outcome.retried | outcome.dead, outcome.lost), messages, "retry")
-            m.count(m.retried, (x for x in messages if x.id in outcome.retried))
-            m.count(m.dead, (x for x in messages if x.id in outcome.dead))
+            metrics.count(metrics.retried, (x for x in messages if x.id in outcome.retried))
+            metrics.count(metrics.dead, (x for x in messages if x.id in outcome.dead))
 
     @staticmethod
     def _log(level: int, event: str, message: ClaimedMessage, acks: Acks, **extra: str) -> None:

@@ -1,4 +1,4 @@
-"""From what a handler returned (or raised) to the acknowledgements to write.
+"""Running a handler on a batch, and turning what it returned (or raised) into acks.
 
 The one place that decides, per message, how a handler's result is recorded:
 
@@ -6,22 +6,86 @@ The one place that decides, per message, how a handler's result is recorded:
 - :class:`Retry` → rescheduled after :func:`retry_delay` (the one clamp of every retry delay),
   except an ``outage`` on the message's last attempt, which is handed back uncounted: an
   outage never burns a message into ``dead``;
-- anything else (a wrong count of outcomes, a non-outcome, an exception) → a retry whose error
-  says what went wrong, so a buggy handler can neither lose messages nor crash the worker.
+- :class:`~outbox.primitives.errors.TransportUnavailable` → the whole batch handed back
+  uncounted, held for the transport pause;
+- anything else (a timeout, a wrong count of outcomes, a non-outcome, an exception) → a retry
+  whose error says what went wrong, so a buggy handler can neither lose messages nor crash
+  the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable, Sequence
+
+import anyio
 
 from outbox.primitives.backoff import BackoffPolicy
 from outbox.primitives.constants import MAX_DELAY_SECONDS
-from outbox.primitives.errors import error_text
+from outbox.primitives.errors import TransportUnavailable, error_text
+from outbox.primitives.logs import log_event
 from outbox.primitives.messages import ClaimedMessage
 from outbox.runtime.acknowledger import Acks
-from outbox.runtime.handler import Delivered, GiveUp, Outcome, Retry
+from outbox.runtime.handler import Delivered, GiveUp, Handler, Outcome, Retry
+from outbox.runtime.health import Health
 
-__all__ = ["acks_for_failure", "acks_for_outcomes", "retry_delay"]
+__all__ = [
+    "BACKSTOP_MARGIN_SECONDS",
+    "acks_for_failure",
+    "acks_for_outcomes",
+    "retry_delay",
+    "run_handler",
+]
+
+log = logging.getLogger("outbox.worker")
+
+BACKSTOP_MARGIN_SECONDS = 5.0
+"""Extra time over the handler timeout for handlers that time out on their own."""
+
+
+async def run_handler(
+    handler: Handler,
+    messages: Sequence[ClaimedMessage],
+    *,
+    time_limit: float,
+    max_attempts: int,
+    backoff: BackoffPolicy,
+    health: Health,
+) -> Acks:
+    """Call ``handler.handle_batch(messages)`` within ``time_limit`` and return the acks to write.
+
+    A handler with ``enforces_timeouts = True`` times its own messages out; ``time_limit`` plus
+    :data:`BACKSTOP_MARGIN_SECONDS` is then only a backstop. Reports transport failures and
+    recoveries to ``health``. Never raises, except for a real cancellation of this task.
+    """
+    own_timeouts = bool(getattr(handler, "enforces_timeouts", False))
+    limit = time_limit + BACKSTOP_MARGIN_SECONDS if own_timeouts else time_limit
+    outcomes: Sequence[Outcome] | None = None
+    try:
+        with anyio.move_on_after(limit):
+            outcomes = await handler.handle_batch(messages)
+    except TransportUnavailable as exc:
+        hold = health.transport_failed(exc)
+        return Acks(released=[(m, hold) for m in messages])
+    except anyio.get_cancelled_exc_class() as exc:
+        if _really_cancelled():
+            raise
+        return _handler_failed(messages, exc, backoff)  # a stray CancelledError
+    except Exception as exc:
+        return _handler_failed(messages, exc, backoff)
+    if outcomes is None:
+        return acks_for_failure(messages, f"handler timed out after {limit:g}s", backoff)
+    acks = acks_for_outcomes(
+        messages,
+        outcomes,
+        backoff=backoff,
+        max_attempts=max_attempts,
+        outage_hold=health.transport_failed,
+    )
+    if acks.published:
+        health.transport_ok()
+    return acks
 
 
 def retry_delay(retry: Retry, message: ClaimedMessage, backoff: BackoffPolicy) -> float:
@@ -80,6 +144,26 @@ def _scheduled(
 ) -> tuple[ClaimedMessage, Retry]:
     """``message`` paired with ``retry``'s error and its resolved delay."""
     return message, Retry(str(retry.error), retry_delay(retry, message, backoff))
+
+
+def _handler_failed(
+    messages: Sequence[ClaimedMessage], exc: BaseException, backoff: BackoffPolicy
+) -> Acks:
+    log_event(
+        log,
+        logging.ERROR,
+        "handler.failed",
+        batch=len(messages),
+        first_id=messages[0].id,
+        error=error_text(exc),
+    )
+    return acks_for_failure(messages, exc, backoff)
+
+
+def _really_cancelled() -> bool:
+    """Whether this task is being cancelled (not merely handed a stray CancelledError)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _usable(seconds: object) -> float | None:

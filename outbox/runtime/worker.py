@@ -8,8 +8,8 @@ batch, and after an empty one waits for a notification or ``POLL_INTERVAL_MS``. 
 calls the handler under ``HANDLER_TIMEOUT_SECONDS`` and submits the resulting acks
 (:mod:`~outbox.runtime.outcomes`) to the :class:`~outbox.runtime.acknowledger.Acknowledger`.
 Beside it run the acknowledger, the wake-up listener, the :mod:`~outbox.runtime.maintenance`
-tasks and, with metrics on, the HTTP server (up from the start, so ``/healthz`` answers during
-start-up).
+tasks and, with metrics on, the HTTP server (up before the :mod:`~outbox.runtime.startup`
+checks, so ``/healthz`` answers during start-up).
 
 Failures: a database error anywhere is reported to :class:`~outbox.runtime.health.Health`
 and retried with growing delays (the pool reconnects; every statement has
@@ -26,28 +26,24 @@ every remaining wait.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 import anyio.abc
 import asyncpg
 
 from outbox.primitives.delays import GrowingDelay
-from outbox.primitives.errors import StartupError, TransportUnavailable, error_text
 from outbox.primitives.logs import log_event
-from outbox.primitives.messages import ClaimedMessage
-from outbox.primitives.urls import redacted_url
 from outbox.runtime.acknowledger import Acknowledger, Acks
-from outbox.runtime.handler import Handler, Outcome, Retry
+from outbox.runtime.handler import Handler, Retry
 from outbox.runtime.health import Health
 from outbox.runtime.inflight import Batch, InFlight
 from outbox.runtime.maintenance import Maintenance
-from outbox.runtime.metrics import WorkerMetrics, serve_http
-from outbox.runtime.outcomes import acks_for_failure, acks_for_outcomes
+from outbox.runtime.metrics import WorkerMetrics
+from outbox.runtime.outcomes import run_handler
 from outbox.runtime.settings import WorkerSettings
+from outbox.runtime.startup import check_dependencies, start_metrics_server
 from outbox.runtime.wakeup import Wakeup
 from outbox.storage.claims import claim_batch
 from outbox.storage.pool import create_pool
@@ -60,8 +56,6 @@ CLAIM_GRACE_SECONDS = 2.0
 """How long a claim under way may still finish after :meth:`Worker.stop`."""
 FINAL_WRITE_SECONDS = 5.0
 """How long the last hand-backs may wait for the database after the grace period."""
-BACKSTOP_MARGIN_SECONDS = 5.0
-"""Extra time over ``HANDLER_TIMEOUT_SECONDS`` for handlers that time out on their own."""
 
 
 class Worker:
@@ -147,10 +141,10 @@ class Worker:
         try:
             async with anyio.create_task_group() as services:
                 if s.metrics_port is not None:
-                    await self._start_metrics(services)
+                    await start_metrics_server(services, s, self.metrics, self.readiness)
                     services.start_soon(maintenance.run_gauges)
                 with self._stoppable():
-                    await self._startup_checks(db)
+                    await check_dependencies(db, s, self.handler)
                 if self._stopping.is_set():
                     services.cancel_scope.cancel()
                     return
@@ -195,34 +189,6 @@ class Worker:
         if self._stopping.is_set():
             scope.cancel()
         return scope
-
-    async def _start_metrics(self, services: anyio.abc.TaskGroup) -> None:
-        s = self.settings
-        try:
-            await services.start(
-                serve_http, s.metrics_host, s.metrics_port, self.metrics, self.readiness
-            )
-        except OSError as exc:
-            where = f"{s.metrics_host}:{s.metrics_port}"
-            raise StartupError(
-                f"METRICS_HOST/METRICS_PORT: cannot listen on {where}: {exc}"
-            ) from exc
-
-    async def _startup_checks(self, db: asyncpg.Pool) -> None:
-        deadline = time.monotonic() + self.settings.startup_timeout_seconds
-
-        async def check_database() -> None:
-            try:
-                await db.fetch("SELECT 1 FROM outbox LIMIT 0")
-            except asyncpg.UndefinedTableError as exc:
-                raise RuntimeError(
-                    "table outbox does not exist: run the migrations (alembic upgrade heads)"
-                ) from exc
-
-        # Each check names its dependency; StartupError says "<name>: <last error>".
-        database = f"PostgreSQL at {redacted_url(self.settings.database_url)}"
-        await _retry_until(deadline, database, check_database)
-        await _retry_until(deadline, self.handler.name, self.handler.check)
 
     async def _work(self, db: asyncpg.Pool, acker: Acknowledger) -> None:
         """Dispatch until stopped, then give in-flight batches their grace and write back
@@ -295,36 +261,14 @@ class Worker:
     async def _handle(self, batch: Batch, acker: Acknowledger) -> None:
         messages = batch.messages
         started = time.monotonic()
-        timeout = self.settings.handler_timeout_seconds
-        own_timeouts = bool(getattr(self.handler, "enforces_timeouts", False))
-        limit = timeout + BACKSTOP_MARGIN_SECONDS if own_timeouts else timeout
-        outcomes: Sequence[Outcome] | None = None
-        try:
-            with anyio.move_on_after(limit):
-                outcomes = await self.handler.handle_batch(messages)
-            if outcomes is None:
-                acks = acks_for_failure(
-                    messages, f"handler timed out after {limit:g}s", self.backoff
-                )
-            else:
-                acks = acks_for_outcomes(
-                    messages,
-                    outcomes,
-                    backoff=self.backoff,
-                    max_attempts=self.settings.max_attempts,
-                    outage_hold=self.health.transport_failed,
-                )
-                if acks.published:
-                    self.health.transport_ok()
-        except TransportUnavailable as exc:
-            hold = self.health.transport_failed(exc)
-            acks = Acks(released=[(m, hold) for m in messages])
-        except anyio.get_cancelled_exc_class() as exc:
-            if _really_cancelled():
-                raise
-            acks = self._handler_failed(messages, exc)  # a stray CancelledError
-        except Exception as exc:
-            acks = self._handler_failed(messages, exc)
+        acks = await run_handler(
+            self.handler,
+            messages,
+            time_limit=self.settings.handler_timeout_seconds,
+            max_attempts=self.settings.max_attempts,
+            backoff=self.backoff,
+            health=self.health,
+        )
         elapsed = time.monotonic() - started
         acks.record_duration(elapsed, all_messages=log.isEnabledFor(logging.DEBUG))
         for message_type in {m.type for m in messages}:
@@ -340,35 +284,3 @@ class Worker:
             first_id=messages[0].id,
             duration_ms=round(elapsed * 1000, 2),
         )
-
-    def _handler_failed(self, messages: Sequence[ClaimedMessage], exc: BaseException) -> Acks:
-        log_event(
-            log,
-            logging.ERROR,
-            "handler.failed",
-            batch=len(messages),
-            first_id=messages[0].id,
-            error=error_text(exc),
-        )
-        return acks_for_failure(messages, exc, self.backoff)
-
-
-def _really_cancelled() -> bool:
-    """Whether this task is being cancelled (not merely handed a stray CancelledError)."""
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
-
-
-async def _retry_until(deadline: float, what: str, check: Callable[[], Awaitable[None]]) -> None:
-    """Run ``check`` until it passes; past ``deadline``, raise :class:`StartupError`."""
-    delays = GrowingDelay(0.2, 5.0)
-    while True:
-        try:
-            await check()
-            return
-        except Exception as exc:
-            delay = delays.next()
-            if time.monotonic() + delay > deadline:
-                raise StartupError(f"{what}: {error_text(exc)}") from exc
-            log_event(log, logging.WARNING, "startup.waiting", on=what, error=error_text(exc))
-            await anyio.sleep(delay)

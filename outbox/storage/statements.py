@@ -59,8 +59,7 @@ from sqlalchemy.sql.elements import Grouping
 from sqlalchemy.sql.expression import CTE, ScalarSelect
 
 from outbox.primitives.prefixes import TypeRange
-from outbox.storage.schema import Status
-from outbox.storage.schema import outbox_table as t
+from outbox.storage.schema import Status, outbox_table
 
 __all__ = [
     "CLAIMED_COLUMNS",
@@ -93,6 +92,9 @@ __all__ = [
     "retry_dead_batch",
 ]
 
+col = outbox_table.c
+"""The outbox table's columns, as every statement below names them."""
+
 PENDING = literal_column(f"'{Status.PENDING.value}'", Text)
 IN_PROGRESS = literal_column(f"'{Status.IN_PROGRESS.value}'", Text)
 PUBLISHED = literal_column(f"'{Status.PUBLISHED.value}'", Text)
@@ -105,17 +107,17 @@ SECOND = literal_column("interval '1 second'", Interval())
 """A number of seconds times this is an interval."""
 
 CLAIMED_COLUMNS = (
-    t.c.id,
-    t.c.type,
-    t.c.key,
-    t.c.payload,
-    t.c.attempts,
-    t.c.created_at,
-    t.c.next_attempt_at,
-    t.c.locked_by,
-    t.c.locked_until,
-    t.c.error,
-    t.c.lease_token,
+    col.id,
+    col.type,
+    col.key,
+    col.payload,
+    col.attempts,
+    col.created_at,
+    col.next_attempt_at,
+    col.locked_by,
+    col.locked_until,
+    col.error,
+    col.lease_token,
 )
 
 # -- enqueue -------------------------------------------------------------------------------
@@ -142,7 +144,7 @@ _MESSAGES = (
 )
 
 ENQUEUE: Insert = (
-    insert(t)
+    insert(outbox_table)
     .from_select(
         ["type", "key", "payload", "dedupe_key", "next_attempt_at"],
         select(
@@ -156,8 +158,8 @@ ENQUEUE: Insert = (
             ),
         ).order_by(_MESSAGES.c.ordinal),
     )
-    .on_conflict_do_nothing(index_elements=[t.c.dedupe_key], index_where=t.c.dedupe_key.isnot(None))
-    .returning(t.c.id, t.c.dedupe_key)
+    .on_conflict_do_nothing(index_elements=[col.dedupe_key], index_where=col.dedupe_key.isnot(None))
+    .returning(col.id, col.dedupe_key)
 )
 """Insert messages given as parallel arrays (payloads as JSON text, delays in seconds).
 
@@ -165,8 +167,8 @@ ENQUEUE: Insert = (
 exists already are skipped (``ON CONFLICT DO NOTHING``). Returns ``(id, dedupe_key)`` of
 the inserted rows, in no particular order."""
 
-SELECT_BY_DEDUPE_KEY: Select[Any] = select(t.c.id, t.c.dedupe_key).where(
-    t.c.dedupe_key == func.any(bindparam("wanted", type_=ARRAY(Text)))
+SELECT_BY_DEDUPE_KEY: Select[Any] = select(col.id, col.dedupe_key).where(
+    col.dedupe_key == func.any(bindparam("wanted", type_=ARRAY(Text)))
 )
 """``(id, dedupe_key)`` of the rows holding any of the ``:wanted`` keys."""
 
@@ -188,11 +190,11 @@ def claim(ranges: tuple[TypeRange, ...] | None) -> Update:
     # unknown :limit (generic plans), the update stays primary-key lookups.
     chosen = func.array(select(candidates.c.id).scalar_subquery())
     return (
-        update(t)
-        .where(t.c.id == func.any(chosen))
+        update(outbox_table)
+        .where(col.id == func.any(chosen))
         .values(
             status=IN_PROGRESS,
-            attempts=t.c.attempts + 1,
+            attempts=col.attempts + 1,
             locked_by=bindparam("worker_id", type_=Text),
             locked_until=CLOCK + bindparam("lease", type_=Interval()),
             lease_token=func.gen_random_uuid(),
@@ -208,9 +210,9 @@ def _limit() -> Any:
 def _oldest_claimable() -> CTE:
     """Unfiltered: walk ``ix_outbox_claimable`` in order and stop after ``limit`` rows."""
     return (
-        select(t.c.id)
-        .where(t.c.status == PENDING, t.c.next_attempt_at <= CLOCK)
-        .order_by(t.c.next_attempt_at, t.c.id)
+        select(col.id)
+        .where(col.status == PENDING, col.next_attempt_at <= CLOCK)
+        .order_by(col.next_attempt_at, col.id)
         .limit(_limit())
         .with_for_update(skip_locked=True)
         .cte("candidates")
@@ -237,19 +239,19 @@ def _oldest_claimable_of_types(ranges: tuple[TypeRange, ...]) -> CTE:
     """
     type_sets = [_pending_types(i, low, high) for i, (low, high) in enumerate(ranges)]
     if not type_sets:
-        return select(t.c.id).where(false()).cte("candidates")
+        return select(col.id).where(false()).cte("candidates")
     pending_types = union_all(
         *(select(types.c.type).where(types.c.type.isnot(None)) for types in type_sets)
     ).subquery("pending_types")
     pool_size = bindparam("pool", type_=Integer)
     per_type = (
-        select(t.c.id, t.c.next_attempt_at)
+        select(col.id, col.next_attempt_at)
         .where(
-            t.c.status == PENDING,
-            t.c.type == pending_types.c.type,
-            t.c.next_attempt_at <= CLOCK,
+            col.status == PENDING,
+            col.type == pending_types.c.type,
+            col.next_attempt_at <= CLOCK,
         )
-        .order_by(t.c.next_attempt_at, t.c.id)
+        .order_by(col.next_attempt_at, col.id)
         .limit(pool_size)
         .lateral("per_type")
     )
@@ -261,13 +263,13 @@ def _oldest_claimable_of_types(ranges: tuple[TypeRange, ...]) -> CTE:
         .cte("pool")
     )
     return (
-        select(t.c.id)
+        select(col.id)
         .where(
-            t.c.id == func.any(func.array(select(pool.c.id).scalar_subquery())),
-            t.c.status == PENDING,
-            t.c.next_attempt_at <= CLOCK,
+            col.id == func.any(func.array(select(pool.c.id).scalar_subquery())),
+            col.status == PENDING,
+            col.next_attempt_at <= CLOCK,
         )
-        .order_by(t.c.next_attempt_at, t.c.id)
+        .order_by(col.next_attempt_at, col.id)
         .limit(_limit())
         .with_for_update(skip_locked=True)
         .cte("candidates")
@@ -278,18 +280,18 @@ def _pending_types(index: int, low: str | None, high: str | None) -> CTE:
     """Recursive CTE of the distinct pending types in ``[low, high)``, ascending."""
 
     def first_type_after(*conditions: ColumnElement[bool]) -> ScalarSelect[str]:
-        upper = () if high is None else (t.c.type < high,)
+        upper = () if high is None else (col.type < high,)
         return (
-            select(func.min(t.c.type))
-            .where(t.c.status == PENDING, *conditions, *upper)
+            select(func.min(col.type))
+            .where(col.status == PENDING, *conditions, *upper)
             .scalar_subquery()
         )
 
-    lower = () if low is None else (t.c.type >= low,)
+    lower = () if low is None else (col.type >= low,)
     types = select(first_type_after(*lower).label("type")).cte(
         f"pending_types_{index}", recursive=True
     )
-    step = select(first_type_after(t.c.type > types.c.type)).where(types.c.type.isnot(None))
+    step = select(first_type_after(col.type > types.c.type)).where(types.c.type.isnot(None))
     return types.union_all(step)
 
 
@@ -308,21 +310,21 @@ _LEASE_TOKENS = bindparam("lease_tokens", type_=ARRAY(UUID(as_uuid=True)))
 # generic (prepared) plan to get wrong: a join with unnest() went to a nested loop over all
 # leased rows, 50 ms per 500-row acknowledgement against 5 ms for this form.
 FENCED: tuple[ColumnElement[bool], ...] = (
-    t.c.id == func.any(_LEASE_IDS),
-    t.c.lease_token == func.any(_LEASE_TOKENS),
-    t.c.status == IN_PROGRESS,
-    t.c.locked_by == bindparam("worker_id", type_=Text),
+    col.id == func.any(_LEASE_IDS),
+    col.lease_token == func.any(_LEASE_TOKENS),
+    col.status == IN_PROGRESS,
+    col.locked_by == bindparam("worker_id", type_=Text),
 )
 
 
 def _per_lease(name: str, sql_type: Any) -> Any:
     """``:lease_<name>`` at this row's position in ``:lease_ids`` (one value per message)."""
     values = Grouping(bindparam(f"lease_{name}", type_=ARRAY(sql_type)))
-    return values[func.array_position(_LEASE_IDS, t.c.id)]
+    return values[func.array_position(_LEASE_IDS, col.id)]
 
 
 MARK_PUBLISHED: Update = (
-    update(t)
+    update(outbox_table)
     .where(*FENCED)
     .values(
         status=PUBLISHED,
@@ -330,120 +332,120 @@ MARK_PUBLISHED: Update = (
         **LEASE_ENDED,
         error=null(),
     )
-    .returning(t.c.id)
+    .returning(col.id)
 )
 """Leased rows -> ``published``. Returns the ids it changed."""
 
 MARK_DEAD: Update = (
-    update(t)
+    update(outbox_table)
     .where(*FENCED)
     .values(
         status=DEAD,
         error=_per_lease("error", Text),
         **LEASE_ENDED,
     )
-    .returning(t.c.id)
+    .returning(col.id)
 )
 """Leased rows -> ``dead`` with ``:lease_error``. Returns the ids it changed."""
 
 RESCHEDULE: Update = (
-    update(t)
+    update(outbox_table)
     .where(*FENCED)
     .values(
         status=case(
-            (t.c.attempts >= bindparam("max_attempts", type_=Integer), DEAD), else_=PENDING
+            (col.attempts >= bindparam("max_attempts", type_=Integer), DEAD), else_=PENDING
         ),
         next_attempt_at=CLOCK + _per_lease("delay", Float) * SECOND,
         error=_per_lease("error", Text),
         **LEASE_ENDED,
     )
-    .returning(t.c.id, t.c.status)
+    .returning(col.id, col.status)
 )
 """Leased rows -> ``pending`` after ``:lease_delay`` seconds, or ``dead`` once their
 attempts reach ``:max_attempts``; ``error`` from ``:lease_error``. Returns
 ``(id, new status)``."""
 
 EXTEND_LEASE: Update = (
-    update(t)
+    update(outbox_table)
     .where(*FENCED)
     # A heartbeat never shortens a lease.
     .values(
-        locked_until=func.greatest(t.c.locked_until, CLOCK + bindparam("lease", type_=Interval()))
+        locked_until=func.greatest(col.locked_until, CLOCK + bindparam("lease", type_=Interval()))
     )
-    .returning(t.c.id)
+    .returning(col.id)
 )
 """Leased rows' lease -> at least ``now + :lease``. Returns the ids it changed."""
 
 RELEASE: Update = (
-    update(t)
+    update(outbox_table)
     .where(*FENCED)
     .values(
         status=PENDING,
-        attempts=t.c.attempts - 1,
+        attempts=col.attempts - 1,
         # :hold NULL keeps next_attempt_at (already due); else the rows wait that long.
         next_attempt_at=func.coalesce(
-            CLOCK + bindparam("hold", type_=Interval()), t.c.next_attempt_at
+            CLOCK + bindparam("hold", type_=Interval()), col.next_attempt_at
         ),
         **LEASE_ENDED,
     )
-    .returning(t.c.id)
+    .returning(col.id)
 )
 """Leased rows -> ``pending``, the attempt uncounted. Returns the ids it changed."""
 
 # -- maintenance and reads -----------------------------------------------------------------
 
 _expired = (
-    select(t.c.id)
-    .where(t.c.status == IN_PROGRESS, t.c.locked_until < CLOCK)
-    .order_by(t.c.locked_until)
+    select(col.id)
+    .where(col.status == IN_PROGRESS, col.locked_until < CLOCK)
+    .order_by(col.locked_until)
     .limit(_limit())
     .with_for_update(skip_locked=True)
     .cte("expired")
 )
 
 REAP: Update = (
-    update(t)
-    .where(t.c.id == func.any(func.array(select(_expired.c.id).scalar_subquery())))
+    update(outbox_table)
+    .where(col.id == func.any(func.array(select(_expired.c.id).scalar_subquery())))
     .values(
         status=case(
-            (t.c.attempts >= bindparam("max_attempts", type_=Integer), DEAD), else_=PENDING
+            (col.attempts >= bindparam("max_attempts", type_=Integer), DEAD), else_=PENDING
         ),
         next_attempt_at=CLOCK,
         error=literal("lease expired (held by ")
-        + func.coalesce(t.c.locked_by, literal("?"))
+        + func.coalesce(col.locked_by, literal("?"))
         + literal(") after attempt ")
-        + cast(t.c.attempts, Text),
+        + cast(col.attempts, Text),
         **LEASE_ENDED,
     )
-    .returning(t.c.id, t.c.status)
+    .returning(col.id, col.status)
 )
 """Up to ``:limit`` leases that ended before ``now`` -> ``pending`` (due at once), or
 ``dead`` at ``:max_attempts``. Returns ``(id, new status)``."""
 
 _prefix = case(
-    (func.strpos(t.c.type, ".") > 0, func.split_part(t.c.type, ".", 1) + literal(".", Text)),
-    else_=t.c.type,
+    (func.strpos(col.type, ".") > 0, func.split_part(col.type, ".", 1) + literal(".", Text)),
+    else_=col.type,
 ).label("prefix")
 
-counts_by_prefix_and_status: Select[Any] = select(_prefix, t.c.status, func.count()).group_by(
-    _prefix, t.c.status
+counts_by_prefix_and_status: Select[Any] = select(_prefix, col.status, func.count()).group_by(
+    _prefix, col.status
 )
 """``(type prefix, status, count)`` for every combination present."""
 
 OLDEST_CLAIMABLE_AGE: Select[Any] = select(
-    func.extract("epoch", CLOCK - func.min(t.c.next_attempt_at))
-).where(t.c.status == PENDING, t.c.next_attempt_at <= CLOCK)
+    func.extract("epoch", CLOCK - func.min(col.next_attempt_at))
+).where(col.status == PENDING, col.next_attempt_at <= CLOCK)
 """Seconds since the longest-waiting claimable row became due (``NULL``: none)."""
 
 
 def _count_where(*conditions: ColumnElement[bool]) -> ScalarSelect[Any]:
-    return select(func.count()).select_from(t).where(*conditions).scalar_subquery()
+    return select(func.count()).select_from(outbox_table).where(*conditions).scalar_subquery()
 
 
 TABLE_GAUGES: Select[Any] = select(
-    _count_where(t.c.status == PENDING),
-    _count_where(t.c.status == IN_PROGRESS),
-    _count_where(t.c.status == DEAD),
+    _count_where(col.status == PENDING),
+    _count_where(col.status == IN_PROGRESS),
+    _count_where(col.status == DEAD),
     OLDEST_CLAIMABLE_AGE.scalar_subquery(),
 )
 """``(pending, in_progress, dead, oldest claimable age or NULL)``: each count reads only its
@@ -482,20 +484,20 @@ def migration_revisions(version_table: str) -> Select[Any]:
     return select(versions.c.version_num).order_by(versions.c.version_num)
 
 
-STATUS_OF_IDS: Select[Any] = select(t.c.id, t.c.status).where(
-    t.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger)))
+STATUS_OF_IDS: Select[Any] = select(col.id, col.status).where(
+    col.id == func.any(bindparam("ids", type_=ARRAY(BigInteger)))
 )
 """``(id, status)`` of the rows among ``:ids`` that exist."""
 
-DEAD_COLUMNS = (t.c.id, t.c.type, t.c.key, t.c.attempts, t.c.created_at, t.c.dead_at, t.c.error)
+DEAD_COLUMNS = (col.id, col.type, col.key, col.attempts, col.created_at, col.dead_at, col.error)
 
 
 def _in_ranges(ranges: tuple[TypeRange, ...]) -> ColumnElement[bool]:
     """``type`` inside one of ``ranges`` (an empty tuple matches nothing)."""
     alternatives = []
     for low, high in ranges:
-        bounds = [t.c.type >= low] if low is not None else []
-        bounds += [t.c.type < high] if high is not None else []
+        bounds = [col.type >= low] if low is not None else []
+        bounds += [col.type < high] if high is not None else []
         alternatives.append(and_(true(), *bounds))
     return or_(false(), *alternatives)
 
@@ -506,12 +508,12 @@ def _dead(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> list[ColumnEleme
     died_before = bindparam("died_before", type_=_TIMESTAMP)
     died_after = bindparam("died_after", type_=_TIMESTAMP)
     conditions = [
-        t.c.status == DEAD,
-        t.c.dead_at < func.coalesce(died_before, _INFINITY),
-        t.c.dead_at > func.coalesce(died_after, _MINUS_INFINITY),
+        col.status == DEAD,
+        col.dead_at < func.coalesce(died_before, _INFINITY),
+        col.dead_at > func.coalesce(died_after, _MINUS_INFINITY),
     ]
     if by_id:
-        conditions.append(t.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger))))
+        conditions.append(col.id == func.any(bindparam("ids", type_=ARRAY(BigInteger))))
     if ranges is not None:
         conditions.append(_in_ranges(ranges))
     return conditions
@@ -524,7 +526,7 @@ def dead_newest_first(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> Sele
     return (
         select(*DEAD_COLUMNS)
         .where(*_dead(by_id, ranges))
-        .order_by(t.c.dead_at.desc(), t.c.id.desc())
+        .order_by(col.dead_at.desc(), col.id.desc())
         .limit(_limit())
     )
 
@@ -535,14 +537,14 @@ def _after_cursor(age: ColumnElement[datetime], *conditions: ColumnElement[bool]
     cursor_at = func.coalesce(bindparam("cursor_at", type_=_TIMESTAMP), _MINUS_INFINITY)
     cursor_id = func.coalesce(bindparam("cursor_id", type_=BigInteger), 0)
     return (
-        select(t.c.id, age)
+        select(col.id, age)
         .where(
             *conditions,
             # The first gives the index its range; the second is the exact cursor.
             age >= cursor_at,
-            tuple_(age, t.c.id) > tuple_(cursor_at, cursor_id),
+            tuple_(age, col.id) > tuple_(cursor_at, cursor_id),
         )
-        .order_by(age, t.c.id)
+        .order_by(age, col.id)
         .limit(_limit())
     )
 
@@ -551,13 +553,13 @@ def _after_cursor(age: ColumnElement[datetime], *conditions: ColumnElement[bool]
 def dead_batch(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> Select[Any]:
     """What :func:`retry_dead_batch` would take, without locking or changing anything.
     Returns ``(id, dead_at)``, earliest death first."""
-    return _after_cursor(t.c.dead_at, *_dead(by_id, ranges))
+    return _after_cursor(col.dead_at, *_dead(by_id, ranges))
 
 
 def _chosen_ids(chosen: CTE) -> ColumnElement[bool]:
     """``id`` among the CTE's ids: an index probe per id whatever the plan (a join with the
     CTE may become a hash join over the whole table under a generic plan)."""
-    return t.c.id == func.any(func.array(select(chosen.c.id).scalar_subquery()))
+    return col.id == func.any(func.array(select(chosen.c.id).scalar_subquery()))
 
 
 @lru_cache(maxsize=64)
@@ -571,12 +573,12 @@ def retry_dead_batch(by_id: bool, ranges: tuple[TypeRange, ...] | None) -> Selec
     were before, for the caller's cursor: a ``SELECT`` whose CTE runs the ``UPDATE``.
     """
     chosen = (
-        _after_cursor(t.c.dead_at, *_dead(by_id, ranges))
+        _after_cursor(col.dead_at, *_dead(by_id, ranges))
         .with_for_update(skip_locked=True)
         .cte("chosen")
     )
     retried = (
-        update(t)
+        update(outbox_table)
         .where(_chosen_ids(chosen))
         .values(status=PENDING, attempts=0, next_attempt_at=CLOCK, **LEASE_ENDED)
         .cte("retried")
@@ -588,7 +590,7 @@ def _purge(chosen: Select[Any], age: Column[datetime]) -> ReturningDelete[Any]:
     """Delete the rows ``chosen`` selects (locking them, skipping locked ones); return
     ``(id, age)`` of each."""
     picked = chosen.with_for_update(skip_locked=True).cte("chosen")
-    return delete(t).where(_chosen_ids(picked)).returning(t.c.id, age)
+    return delete(outbox_table).where(_chosen_ids(picked)).returning(col.id, age)
 
 
 _OLD_ENOUGH = bindparam("cutoff", type_=_TIMESTAMP)
@@ -597,23 +599,23 @@ PURGE_PUBLISHED: ReturningDelete[Any] = _purge(
     # ``published_at`` alone (the index has no ``id``): the cursor is ``>= :cursor_at``, so
     # a batch reads again only the rows of the last batch's final instant. Rows published
     # in one instant are one acknowledgement's batch at most, unless written by hand.
-    select(t.c.id)
+    select(col.id)
     .where(
-        t.c.status == PUBLISHED,
-        t.c.published_at < _OLD_ENOUGH,
-        t.c.published_at
+        col.status == PUBLISHED,
+        col.published_at < _OLD_ENOUGH,
+        col.published_at
         >= func.coalesce(bindparam("cursor_at", type_=_TIMESTAMP), _MINUS_INFINITY),
     )
-    .order_by(t.c.published_at)
+    .order_by(col.published_at)
     .limit(_limit()),
-    t.c.published_at,
+    col.published_at,
 )
 """Delete the next ``:limit`` published rows with ``published_at < :cutoff``, from
 ``:cursor_at`` on, oldest first, skipping locked rows (``ix_outbox_published_at``).
 Returns ``(id, published_at)`` of the deleted rows."""
 
 PURGE_DEAD: ReturningDelete[Any] = _purge(
-    _after_cursor(t.c.dead_at, t.c.status == DEAD, t.c.dead_at < _OLD_ENOUGH), t.c.dead_at
+    _after_cursor(col.dead_at, col.status == DEAD, col.dead_at < _OLD_ENOUGH), col.dead_at
 )
 """Delete the next ``:limit`` dead rows with ``dead_at < :cutoff`` after the exact cursor
 ``(:cursor_at, :cursor_id)``, earliest death first, skipping locked rows
@@ -621,15 +623,15 @@ PURGE_DEAD: ReturningDelete[Any] = _purge(
 
 COUNT_PUBLISHED_BEFORE: Select[Any] = (
     select(func.count())
-    .select_from(t)
-    .where(t.c.status == PUBLISHED, t.c.published_at < bindparam("cutoff", type_=_TIMESTAMP))
+    .select_from(outbox_table)
+    .where(col.status == PUBLISHED, col.published_at < bindparam("cutoff", type_=_TIMESTAMP))
 )
 """How many rows :data:`PURGE_PUBLISHED` would delete in all (``:cutoff``)."""
 
 COUNT_DEAD_BEFORE: Select[Any] = (
     select(func.count())
-    .select_from(t)
-    .where(t.c.status == DEAD, t.c.dead_at < bindparam("cutoff", type_=_TIMESTAMP))
+    .select_from(outbox_table)
+    .where(col.status == DEAD, col.dead_at < bindparam("cutoff", type_=_TIMESTAMP))
 )
 """How many rows :data:`PURGE_DEAD` would delete in all (``:cutoff``)."""
 
@@ -638,18 +640,18 @@ COUNT_DEAD_BEFORE: Select[Any] = (
 
 LIVE_TOTALS: Select[Any] = select(
     CLOCK,
-    select(func.max(t.c.id)).scalar_subquery(),
+    select(func.max(col.id)).scalar_subquery(),
     *TABLE_GAUGES.selected_columns,
 )
 """``(now, max id or NULL, pending, in_progress, dead, oldest claimable age or NULL)``, one
 snapshot. ``max(id)`` is the primary key's last entry."""
 
 _IN_WINDOW = (
-    t.c.status == PUBLISHED,
-    t.c.published_at > bindparam("since", type_=_TIMESTAMP),
-    t.c.published_at <= bindparam("until", type_=_TIMESTAMP),
+    col.status == PUBLISHED,
+    col.published_at > bindparam("since", type_=_TIMESTAMP),
+    col.published_at <= bindparam("until", type_=_TIMESTAMP),
 )
-_LAG = t.c.published_at - t.c.created_at
+_LAG = col.published_at - col.created_at
 
 
 def _lag_percentile(fraction: float) -> ColumnElement[Any]:
@@ -664,8 +666,8 @@ PUBLISHED_IN_WINDOW: Select[Any] = select(
 ``published_at - created_at`` in seconds (``NULL`` when none)."""
 
 LIVE_BY_PREFIX: CompoundSelect[Any] = union_all(
-    select(_prefix, PENDING, func.count()).where(t.c.status == PENDING).group_by(_prefix),
-    select(_prefix, IN_PROGRESS, func.count()).where(t.c.status == IN_PROGRESS).group_by(_prefix),
+    select(_prefix, PENDING, func.count()).where(col.status == PENDING).group_by(_prefix),
+    select(_prefix, IN_PROGRESS, func.count()).where(col.status == IN_PROGRESS).group_by(_prefix),
     select(_prefix, PUBLISHED, func.count()).where(*_IN_WINDOW).group_by(_prefix),
 )
 """``(type prefix, status, count)``: pending and in-progress rows, and rows published in
