@@ -14,8 +14,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import asyncpg
 from sqlalchemy import Executable
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import Connection
@@ -23,11 +24,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 
-__all__ = ["AsyncDB", "Rows", "SyncDB", "execute_alone", "fetch_all"]
+__all__ = ["AsyncDB", "AsyncpgHandle", "Rows", "SyncDB", "execute_alone", "fetch_all"]
 
-AsyncDB = AsyncEngine | AsyncConnection | AsyncSession | Any
+
+class AsyncpgHandle(Protocol):
+    """An asyncpg ``Pool`` or ``Connection`` (from :func:`outbox.storage.pool.create_pool`,
+    which installs the JSON codecs the statements rely on)."""
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
+
+    async def execute(self, query: str, *args: Any) -> str: ...
+
+
+AsyncDB = AsyncEngine | AsyncConnection | AsyncSession | AsyncpgHandle
 """An engine (own transaction per call), a connection/session (the caller's transaction), or
-an asyncpg ``Pool``/``Connection`` set up by :func:`outbox.storage.pool.create_pool`."""
+an asyncpg pool or connection (:class:`AsyncpgHandle`)."""
 
 SyncDB = Connection | Session
 """A synchronous connection or session (the caller's transaction)."""
@@ -66,9 +77,11 @@ async def execute_alone(db: AsyncDB, *statements: str) -> bool:
         return True
     if isinstance(db, AsyncConnection | AsyncSession):
         return False
-    if hasattr(db, "acquire"):  # an asyncpg pool
+    if isinstance(db, asyncpg.Pool):
         async with db.acquire() as conn:
             return await execute_alone(conn, *statements)
+    if not isinstance(db, asyncpg.Connection):
+        raise TypeError(f"not a database handle: {type(db).__name__}")
     if db.is_in_transaction():
         return False
     async with db.transaction():
