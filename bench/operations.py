@@ -11,8 +11,8 @@ rows that died in one statement, then, while a claimer keeps a small live stream
 * purges the first part with ``outbox.storage.admin.purge`` in batches of ``--batch``;
 * the second the same way while another session holds a snapshot open (``pg_dump``, an
   idle transaction or a standby's feedback do that), so deleted rows stay in the index;
-* the third the same way again, but with the first version's statement, which started
-  every batch from the oldest row instead of at a cursor;
+* the third the same way again, but with an uncursored statement that starts every batch
+  from the oldest row instead of at a cursor (what a naive batched purge does);
 * the fourth with one plain ``DELETE`` (what a hand-written retention job does);
 * retries every dead row with ``outbox.storage.admin.retry_dead``;
 * and first times ``outbox.storage.stats.stats`` (what ``outbox stats`` runs) against
@@ -60,7 +60,7 @@ SELECT 'document.preprocess.v1', 'doc-' || g, '{}', 'dead', 10, now() - interval
        'sidecar answered 422'
 FROM generate_series(1, $1::int) g
 """
-# The first version's batch: from the oldest row every time, no cursor.
+# A naive batch: from the oldest row every time, no cursor.
 UNCURSORED_PURGE = """
 DELETE FROM outbox WHERE id = ANY(ARRAY(
     SELECT id FROM outbox
@@ -258,7 +258,7 @@ async def bench(url: str, rows: int, batch: int) -> None:
         clock = BatchClock()
         async with snapshot_held(url):
             ran = await beside_stream(pool, uncursored)
-        report("the first version's batches (no cursor), a snapshot held", ran, clock.longest())
+        report("uncursored batches, a snapshot held", ran, clock.longest())
 
         async def plain_delete() -> int:
             async with pool.acquire() as conn:
