@@ -20,3 +20,17 @@ MAX_DELAY_SECONDS = 10 * 365 * 24 * 3600.0
 
 MAX_ERROR_LENGTH = 2000
 """Longer error texts are cut to this many characters before they are stored."""
+
+# The worker runtime's fixed timings (its tunable ones are settings).
+
+CLAIM_GRACE_SECONDS = 2.0
+"""How long a claim under way may still finish after a worker is asked to stop."""
+
+FINAL_WRITE_SECONDS = 5.0
+"""How long a stopping worker's last hand-backs may wait for the database."""
+
+BACKSTOP_MARGIN_SECONDS = 5.0
+"""Extra time over ``HANDLER_TIMEOUT_SECONDS`` for handlers that time out on their own."""
+
+GAUGE_REFRESH_SECONDS = 10.0
+"""How often a worker with metrics on refreshes the table gauges."""

@@ -6,7 +6,8 @@
 - **reaper**: every ``REAP_INTERVAL_SECONDS``, returns expired leases of crashed workers to
   ``pending`` (or ``dead`` when out of attempts), in statements of at most
   :data:`~outbox.primitives.constants.DEFAULT_REAP_LIMIT` rows.
-- **gauges**: with metrics on, refreshes the table gauges every ``GAUGE_REFRESH_SECONDS``.
+- **gauges**: with metrics on, refreshes the table gauges every
+  :data:`~outbox.primitives.constants.GAUGE_REFRESH_SECONDS`.
 
 A database error is reported to :class:`~outbox.runtime.health.Health` and the task goes on
 at its next tick.
@@ -18,7 +19,7 @@ import logging
 
 import anyio
 
-from outbox.primitives.constants import DEFAULT_REAP_LIMIT
+from outbox.primitives.constants import DEFAULT_REAP_LIMIT, GAUGE_REFRESH_SECONDS
 from outbox.primitives.logs import log_event
 from outbox.runtime.acknowledger import report_lost
 from outbox.runtime.health import Health
@@ -30,11 +31,9 @@ from outbox.storage.claims import extend_lease, reap_expired_locks
 from outbox.storage.execution import AsyncDB
 from outbox.storage.stats import table_gauges
 
-__all__ = ["GAUGE_REFRESH_SECONDS", "Maintenance"]
+__all__ = ["Maintenance"]
 
 log = logging.getLogger("outbox.worker")
-
-GAUGE_REFRESH_SECONDS = 10.0
 
 
 class Maintenance:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from outbox.primitives.backoff import BackoffPolicy
-from outbox.primitives.constants import MAX_DELAY_SECONDS
+from outbox.primitives.constants import BACKSTOP_MARGIN_SECONDS, MAX_DELAY_SECONDS
 from outbox.primitives.errors import TransportUnavailable, error_text
 from outbox.primitives.logs import log_event
 from outbox.primitives.messages import ClaimedMessage
@@ -31,7 +31,6 @@ from outbox.runtime.handler import Delivered, GiveUp, Handler, Outcome, Retry
 from outbox.runtime.health import Health
 
 __all__ = [
-    "BACKSTOP_MARGIN_SECONDS",
     "acks_for_failure",
     "acks_for_outcomes",
     "retry_delay",
@@ -39,9 +38,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("outbox.worker")
-
-BACKSTOP_MARGIN_SECONDS = 5.0
-"""Extra time over the handler timeout for handlers that time out on their own."""
 
 
 async def run_handler(
@@ -55,9 +51,10 @@ async def run_handler(
 ) -> Acks:
     """Call ``handler.handle_batch(messages)`` within ``time_limit`` and return the acks to write.
 
-    A handler with ``enforces_timeouts = True`` times its own messages out; ``time_limit`` plus
-    :data:`BACKSTOP_MARGIN_SECONDS` is then only a backstop. Reports transport failures and
-    recoveries to ``health``. Never raises, except for a real cancellation of this task.
+    A handler with ``enforces_timeouts = True`` times its own messages out; ``time_limit``
+    plus :data:`~outbox.primitives.constants.BACKSTOP_MARGIN_SECONDS` is then only a
+    backstop. Reports transport failures and recoveries to ``health``. Never raises, except
+    for a real cancellation of this task.
     """
     own_timeouts = bool(getattr(handler, "enforces_timeouts", False))
     limit = time_limit + BACKSTOP_MARGIN_SECONDS if own_timeouts else time_limit

@@ -33,6 +33,7 @@ import anyio
 import anyio.abc
 import asyncpg
 
+from outbox.primitives.constants import CLAIM_GRACE_SECONDS, FINAL_WRITE_SECONDS
 from outbox.primitives.delays import GrowingDelay
 from outbox.primitives.logs import log_event
 from outbox.runtime.acknowledger import Acknowledger, Acks
@@ -51,11 +52,6 @@ from outbox.storage.pool import create_pool
 __all__ = ["Worker"]
 
 log = logging.getLogger("outbox.worker")
-
-CLAIM_GRACE_SECONDS = 2.0
-"""How long a claim under way may still finish after :meth:`Worker.stop`."""
-FINAL_WRITE_SECONDS = 5.0
-"""How long the last hand-backs may wait for the database after the grace period."""
 
 
 class Worker:
