@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import signal
 import threading
 import uuid
@@ -16,10 +17,20 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from devservers import LocalServices, free_port
-from outbox import NewMessage, enqueue, enqueue_many
+from outbox import (
+    ClaimedMessage,
+    NewMessage,
+    claim_batch,
+    enqueue,
+    enqueue_many,
+    mark_dead,
+    reschedule,
+)
 from outbox.runtime.runner import EXIT_BAD_SETTINGS, EXIT_UNREACHABLE
+from outbox.storage.migrate import downgrade, upgrade
 from sidecar.chunking import split
 from sidecar.extract import extract_text
+from tests.conftest import query
 from tests.workerproc import WorkerProcess, run_to_exit, subscribed, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -440,13 +451,12 @@ async def test_a_5xx_is_retried_after_retry_after_then_the_document_fails(
     await wait_until(first_retry_scheduled, 10, "a retry scheduled by Retry-After")
     await wait_for_message(db, message_id, "dead", timeout=10)
     state = await message(db, message_id)
-    assert state["attempts"] == 2
-    assert state["error"] == (
-        "gave up after 2 attempts: sidecar answered 502 Bad Gateway: upstream went away"
-    )
-    assert await document(db, document_id) == ("failed", state["error"])
+    error = "sidecar answered 502 Bad Gateway: upstream went away"
+    assert state["attempts"] == 2 and state["error"] == error
+    # The runtime's reschedule ran out of attempts; the trigger says so on the document.
+    assert await document(db, document_id) == ("failed", f"gave up after 2 attempts: {error}")
     (retry,) = worker.events("message.retried")
-    assert retry["error"] == "sidecar answered 502 Bad Gateway: upstream went away"
+    assert retry["error"] == error
 
 
 async def test_the_mvp_policy_fails_the_document_on_the_first_failure(
@@ -460,6 +470,142 @@ async def test_the_mvp_policy_fails_the_document_on_the_first_failure(
     state = await message(db, message_id)
     assert state["attempts"] == 1 and "sidecar unreachable" in state["error"]
     assert await document(db, document_id) == ("failed", state["error"])
+
+
+# -- the documents trigger: the only writer of failed ----------------------------------------
+
+BY_HAND = "by-hand"
+
+
+async def claim_all(db: AsyncEngine) -> list[ClaimedMessage]:
+    async with db.begin() as conn:
+        return await claim_batch(
+            conn, limit=100, lock_seconds=30, worker_id=BY_HAND, include_type_prefix="document."
+        )
+
+
+async def test_a_message_dying_fails_its_document_in_that_transaction_with_no_worker_running(
+    db: AsyncEngine,
+) -> None:
+    async with db.begin() as conn:
+        malformed, retried, processed, by_sql = [
+            await insert_document(conn, b"hello") for _ in range(4)
+        ]
+        await conn.execute(
+            text("UPDATE documents SET processing_status = 'processed' WHERE id = :id"),
+            {"id": processed},
+        )
+        ids = await enqueue_many(
+            conn,
+            [
+                NewMessage(PREPROCESS, {"documentId": str(malformed)}),  # no userId
+                NewMessage(PREPROCESS, {"documentId": str(retried), "userId": USER}),
+                NewMessage(PREPROCESS, {"documentId": str(processed), "userId": USER}),
+                NewMessage(PREPROCESS, {"documentId": str(by_sql).upper(), "userId": USER}),
+            ],
+        )
+    first = {m.id: m for m in await claim_all(db)}
+    assert sorted(first) == ids
+    reason = f"malformed {PREPROCESS} payload: userId: Field required"
+    bad_gateway = "sidecar answered 502 Bad Gateway: upstream went away"
+    async with db.begin() as conn:
+        given_up = [first[ids[0]], first[ids[2]]]
+        assert (await mark_dead(conn, given_up, worker_id=BY_HAND, error=reason)).ok
+        (state,) = (
+            await conn.execute(
+                text("SELECT processing_status FROM documents WHERE id = :id"),
+                {"id": malformed},
+            )
+        ).one()
+        assert state == "failed"  # by the ack's own statement, before it commits
+        once = await reschedule(
+            conn, [first[ids[1]]], worker_id=BY_HAND, error=bad_gateway, max_attempts=2, delay=0
+        )
+        assert once.retried == {ids[1]}
+        await conn.execute(text("UPDATE outbox SET status = 'dead' WHERE id = :id"), {"id": ids[3]})
+    assert await document(db, malformed) == ("failed", reason)
+    assert await document(db, processed) == ("processed", None)  # a processed one stays
+    assert await document(db, retried) == ("pending", None)  # retried: not dead yet
+    assert await document(db, by_sql) == ("failed", f"outbox message {ids[3]} is dead")
+
+    (second,) = await claim_all(db)
+    assert second.id == ids[1] and second.attempts == 2
+    async with db.begin() as conn:
+        twice = await reschedule(
+            conn, [second], worker_id=BY_HAND, error=bad_gateway, max_attempts=2, delay=0
+        )
+        assert twice.dead == {ids[1]}
+    state = await message(db, ids[1])
+    assert state["status"] == "dead" and state["error"] == bad_gateway
+    failed = ("failed", f"gave up after 2 attempts: {bad_gateway}")
+    assert await document(db, retried) == failed
+
+
+async def test_a_dead_message_without_a_uuid_document_id_dies_and_touches_no_document(
+    db: AsyncEngine,
+) -> None:
+    async with db.begin() as conn:
+        bystander = await insert_document(conn, b"hello")
+        payloads: list[object] = [
+            {"documentId": "not-a-uuid", "userId": USER},
+            {"documentId": 42},
+            {"documentId": None},
+            {"documentId": {"id": str(bystander)}},
+            {"documentId": [str(bystander)]},
+            {"documentId": f"{bystander}\n"},
+            {"documentId": f"{bystander}' OR true --"},
+            {"documentId": f"{{{bystander}}}"},
+            {"documentId": ""},
+            {"document_id": str(bystander)},
+            {"documentId": str(uuid.uuid4())},  # a UUID, but no such document
+            {},
+            [str(bystander)],
+            str(bystander),
+            7,
+            None,
+        ]
+        for payload in payloads:
+            await conn.execute(
+                text("INSERT INTO outbox (type, payload) VALUES (:type, CAST(:payload AS jsonb))"),
+                {"type": PREPROCESS, "payload": json.dumps(payload)},
+            )
+    claimed = await claim_all(db)
+    assert len(claimed) == len(payloads)
+    async with db.begin() as conn:
+        result = await mark_dead(conn, claimed, worker_id=BY_HAND, error="malformed")
+    assert result.applied == {m.id for m in claimed}
+    async with db.connect() as conn:
+        statuses = (await conn.execute(text("SELECT DISTINCT status FROM outbox"))).all()
+    assert statuses == [("dead",)]
+    assert await document(db, bystander) == ("pending", None)
+
+
+def test_the_trigger_function_downgrades_to_documents_0001s(empty_database: str) -> None:
+    def dies_on_attempt_2() -> object:
+        """A fresh document whose message dies on its second attempt: its stored error."""
+        query(
+            empty_database,
+            "WITH d AS (INSERT INTO documents (user_id, content_type, content)"
+            " VALUES ('u', 'text/plain', 'x') RETURNING id)"
+            " INSERT INTO outbox (type, payload, status, attempts, error)"
+            " SELECT 'document.preprocess.v1', jsonb_build_object('documentId', id),"
+            " 'in_progress', 2, 'boom' FROM d",
+        )
+        query(empty_database, "UPDATE outbox SET status = 'dead' WHERE status = 'in_progress'")
+        ((error,),) = query(
+            empty_database,
+            "SELECT d.processing_error FROM outbox o"
+            " JOIN documents d ON d.id = (o.payload->>'documentId')::uuid"
+            " ORDER BY o.id DESC LIMIT 1",
+        )
+        return error
+
+    upgrade(empty_database, documents=True)
+    assert dies_on_attempt_2() == "gave up after 2 attempts: boom"
+    downgrade(empty_database, "documents_0001")
+    assert dies_on_attempt_2() == "boom"
+    upgrade(empty_database, documents=True)
+    assert dies_on_attempt_2() == "gave up after 2 attempts: boom"
 
 
 async def test_chat_and_document_workers_share_the_table_and_never_take_each_others_rows(

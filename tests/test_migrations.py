@@ -196,7 +196,7 @@ def test_standalone_alembic_cli_uses_plain_database_url(empty_database: str) -> 
     run("upgrade", "heads")
     assert tables(empty_database) == {"outbox", "documents", "document_chunks", VERSION_TABLE}
     current = run("current").stdout
-    assert "outbox_0003 (head)" in current and "documents_0001 (head)" in current
+    assert "outbox_0003 (head)" in current and "documents_0002 (head)" in current
     run("downgrade", "documents@base")
     assert tables(empty_database) == {"outbox", VERSION_TABLE}
 

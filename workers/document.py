@@ -9,14 +9,32 @@
    of ``SIDECAR_TIMEOUT_SECONDS`` (the worker's heartbeat keeps the lease meanwhile);
 3. ``processed`` and the message ``published``.
 
-Failures: a timeout, a dropped connection, 5xx or 429 is retried with backoff (never
-sooner than the sidecar's ``Retry-After``); any other 4xx, a malformed payload or an
-unknown ``document.*`` type is final at once. When a message is given up, the document
-becomes ``failed`` with the reason and the message ``dead``. An outage (the sidecar
-unreachable, answering 503, or refusing our token with 401) counts attempts like any
-transient failure but never takes the last one: that batch is handed back uncounted and the
-worker pauses until the sidecar answers. ``RETRY_TRANSIENT_FAILURES=false`` is the source
-system's MVP policy: every failure is final.
+Statuses: this worker writes ``processing`` (clearing the error column) and ``processed``,
+never ``failed``. A document becomes ``failed`` when, and only when, its message becomes
+``dead`` -- given up here, retried until its attempts ran out, reaped after a worker died
+on its last attempt, or marked dead by an operator: the ``documents`` migration branch's
+trigger on ``outbox`` does it in the transaction that kills the row, with the row's error
+(``gave up after N attempts: ...`` once it had more than one attempt). An application
+with its own documents table (``DOCUMENTS_TABLE``) needs an equivalent trigger to see
+``failed``; the reason is always on the outbox row.
+
+Failures are reported to the runtime, which alone decides delays and the last attempt
+(:mod:`outbox.runtime.outcomes`):
+
+* a 4xx other than 401 and 429 (the sidecar rejects the document), a malformed payload or
+  an unknown ``document.*`` type: :class:`~outbox.primitives.errors.GiveUpError`, ``dead``
+  at once;
+* a timeout, a dropped connection, 5xx or 429:
+  :class:`~outbox.primitives.errors.RetryLaterError`, with the sidecar's ``Retry-After``
+  as ``min_delay`` (the backoff, never sooner than that); ``dead`` when attempts run out.
+  Anything unforeseen (a bad answer body, ...) is raised as it is: retried the same way;
+* an outage (the sidecar unreachable, answering 503, or refusing our token with 401):
+  ``RetryLaterError(outage=True)``, counted like any retry, but on the message's last
+  attempt the runtime hands it back uncounted and pauses instead: an outage never kills;
+* the documents database unreachable:
+  :class:`~outbox.primitives.errors.TransportUnavailable`, the whole batch back uncounted;
+* ``RETRY_TRANSIENT_FAILURES=false`` is the source system's MVP policy: every failure
+  (but a documents database outage) is a ``GiveUpError``, final at once.
 """
 
 from __future__ import annotations
@@ -35,6 +53,16 @@ from pydantic import (
     model_validator,
 )
 
+from outbox.primitives.extras import requires_extra
+
+with requires_extra("document"):  # first, so that a bare install is told this extra
+    from workers.sidecar_client import (
+        SidecarClient,
+        SidecarRejected,
+        SidecarTransientError,
+        SidecarUnreachable,
+    )
+
 from outbox.primitives.errors import (
     GiveUpError,
     RetryLaterError,
@@ -49,12 +77,6 @@ from outbox.runtime.settings import BearerToken, WorkerSettings
 from outbox.storage.pool import is_unreachable
 from workers.document_schema import DocumentStatus
 from workers.document_status import DocumentColumns, DocumentStatusStore
-from workers.sidecar_client import (
-    SidecarClient,
-    SidecarRejected,
-    SidecarTransientError,
-    SidecarUnreachable,
-)
 
 __all__ = ["PREPROCESS_TYPE", "DocumentPreprocessor", "DocumentSettings", "PreprocessPayload"]
 
@@ -80,12 +102,13 @@ class DocumentSettings(WorkerSettings):
     sidecar_timeout_seconds: float = Field(60.0, gt=0, le=86_400)
     """Longest one parse call may take (then it is retried)."""
     retry_transient_failures: bool = True
-    """``false``: the source's MVP policy, every failure is final (``failed``/``dead``)."""
+    """``false``: the source's MVP policy, every failure is final (``dead``, so ``failed``)."""
     documents_table: str = "documents"
     documents_id_column: str = "id"
     documents_status_column: str = "processing_status"
     documents_error_column: str = "processing_error"
-    """Empty: the reason is kept only on the outbox row."""
+    """Cleared when processing starts (the failure reason is written by the trigger, see the
+    module doc); empty: not touched."""
     documents_updated_at_column: str = "updated_at"
     """Empty: not written."""
     include_type_prefixes: str = DOCUMENT_PREFIX
@@ -141,7 +164,6 @@ class DocumentPreprocessor:
 
     def __init__(self, settings: DocumentSettings) -> None:
         self.settings = settings
-        self.backoff = settings.backoff()
         self.name = f"sidecar at {redacted_url(settings.sidecar_base_url)}"
         self.sidecar = SidecarClient(
             settings.sidecar_base_url,
@@ -173,71 +195,33 @@ class DocumentPreprocessor:
         try:
             payload = PreprocessPayload.model_validate(message.payload)
         except ValidationError as exc:
-            reason = _malformed(exc)
-            document_id = _document_id_of(message.payload)
-            if document_id is not None:
-                await self._set(document_id, DocumentStatus.FAILED, reason)
-            raise GiveUpError(reason) from None
+            raise GiveUpError(_malformed(exc)) from None
         await self._set(payload.documentId, DocumentStatus.PROCESSING)
+        retrying = self.settings.retry_transient_failures
         try:
             await self.sidecar.parse(
                 payload.documentId, payload.userId, idempotency_key=str(message.id)
             )
         except SidecarRejected as exc:
-            await self._give_up(payload.documentId, str(exc))
-        except SidecarUnreachable as exc:
-            if self._final(message):
-                if not self.settings.retry_transient_failures:
-                    await self._give_up(payload.documentId, str(exc))
-                raise TransportUnavailable(str(exc)) from exc  # an outage never kills
-            raise RetryLaterError(str(exc), self._delay(message, exc)) from exc
+            raise GiveUpError(str(exc)) from exc
         except SidecarTransientError as exc:
-            if self._final(message):
-                await self._give_up(payload.documentId, self._final_reason(message, str(exc)))
-            raise RetryLaterError(str(exc), self._delay(message, exc)) from exc
+            if not retrying:
+                raise GiveUpError(str(exc)) from exc
+            outage = isinstance(exc, SidecarUnreachable)
+            raise RetryLaterError(str(exc), min_delay=exc.retry_after, outage=outage) from exc
         except Exception as exc:  # unforeseen (a bad answer body, ...): retried, or final
-            if self._final(message):
-                reason = self._final_reason(message, error_text(exc))
-                await self._give_up(payload.documentId, reason)
+            if not retrying:
+                raise GiveUpError(error_text(exc)) from exc
             raise
         await self._set(payload.documentId, DocumentStatus.PROCESSED)
 
-    def _delay(self, message: ClaimedMessage, exc: SidecarTransientError) -> float | None:
-        """The backoff delay, or the sidecar's ``Retry-After`` when that is longer."""
-        if exc.retry_after is None:
-            return None  # the runtime applies the backoff policy
-        return max(exc.retry_after, self.backoff(message.attempts, message.type))
-
-    def _final(self, message: ClaimedMessage) -> bool:
-        """Whether a failure now is the message's last (no retry follows)."""
-        s = self.settings
-        return not s.retry_transient_failures or message.attempts >= s.max_attempts
-
-    def _final_reason(self, message: ClaimedMessage, reason: str) -> str:
-        if not self.settings.retry_transient_failures:
-            return reason
-        return f"gave up after {message.attempts} attempts: {reason}"
-
-    async def _give_up(self, document_id: uuid.UUID, reason: str) -> None:
-        await self._set(document_id, DocumentStatus.FAILED, reason)
-        raise GiveUpError(reason)
-
-    async def _set(self, document_id: uuid.UUID, status: str, error: str | None = None) -> None:
+    async def _set(self, document_id: uuid.UUID, status: DocumentStatus) -> None:
         try:
-            await self.documents.set_status(document_id, status, error)
+            await self.documents.set_status(document_id, status)
         except Exception as exc:
             if is_unreachable(exc):  # hand the batch back uncounted, pause
                 raise TransportUnavailable(f"PostgreSQL (documents): {exc}") from exc
             raise
-
-
-def _document_id_of(payload: object) -> uuid.UUID | None:
-    """The payload's ``documentId`` when it is a valid UUID (to mark a bad message failed)."""
-    value = payload.get("documentId") if isinstance(payload, dict) else None
-    try:
-        return uuid.UUID(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
 
 
 def make_handler(settings: DocumentSettings) -> PerMessage:

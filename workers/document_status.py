@@ -1,7 +1,11 @@
 """Status tracking on the application's documents table, named by settings.
 
-The document worker moves a document ``pending -> processing -> processed | failed``. The
-table and its columns come from ``DOCUMENTS_TABLE`` (``schema.table`` allowed),
+The document worker moves a document ``pending -> processing -> processed``, clearing its
+error column on each move; it never writes ``failed``. That is the database's job: the
+``documents`` migration branch's trigger fails the document, with the reason, when its
+outbox message becomes ``dead`` (see :mod:`workers.document`).
+
+The table and its columns come from ``DOCUMENTS_TABLE`` (``schema.table`` allowed),
 ``DOCUMENTS_ID_COLUMN`` (a ``uuid``), ``DOCUMENTS_STATUS_COLUMN``, and the optional
 ``DOCUMENTS_ERROR_COLUMN`` and ``DOCUMENTS_UPDATED_AT_COLUMN`` (empty: not written), so an
 application with its own documents table only needs a text status column. Each change is
@@ -17,7 +21,6 @@ from typing import Any
 
 import asyncpg
 
-from outbox.storage.claims import storable_error
 from outbox.storage.pool import create_pool
 
 __all__ = ["IDENTIFIER", "DocumentColumns", "DocumentStatusStore"]
@@ -59,7 +62,7 @@ def _statements(c: DocumentColumns) -> tuple[str, str]:
     table = ".".join(_quoted(part) for part in c.table.split("."))
     sets = [f"{_quoted(c.status)} = $2"]
     if c.error:
-        sets.append(f"{_quoted(c.error)} = $3")
+        sets.append(f"{_quoted(c.error)} = NULL")
     if c.updated_at:
         sets.append(f"{_quoted(c.updated_at)} = now()")
     # Every name is a validated, quoted identifier; values are parameters.
@@ -112,17 +115,10 @@ class DocumentStatusStore:
                 " or set DOCUMENTS_TABLE and the DOCUMENTS_*_COLUMN settings)"
             ) from exc
 
-    async def set_status(
-        self, document_id: uuid.UUID, status: str, error: str | None = None
-    ) -> bool:
-        """Set the document's status (and error, cleared when ``None``); False if no such row."""
-        if error is not None:
-            error = storable_error(error)  # the same text the outbox row's error gets
-        arguments: list[Any] = [document_id, status]
-        if self.columns.error:
-            arguments.append(error)
+    async def set_status(self, document_id: uuid.UUID, status: str) -> bool:
+        """Set the document's status and clear its error; False if there is no such row."""
         pool = await self._connections()
-        return await pool.fetchval(self._update, *arguments) is not None
+        return await pool.fetchval(self._update, document_id, status) is not None
 
     async def aclose(self) -> None:
         if self._pool is not None:
