@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1
 #
 # One image for every process of pg-outbox-relay: both workers, the reference sidecar and
-# the migration step. The service is chosen by the command (all are console scripts on PATH):
+# the migration step, so it installs the extras of all of them: [chat] (redis, orjson),
+# [document] (httpx), both with [worker] (prometheus-client), and [sidecar] (fastapi,
+# uvicorn, pypdf); `outbox migrate` needs only the base install. The service is chosen by
+# the command (all are console scripts on PATH):
 #
 #   outbox migrate --documents   one-shot: migrate the outbox and the reference documents
 #                                tables, then exit (0 done, 3 PostgreSQL unreachable)
@@ -25,7 +28,7 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# --- builder: the project's wheel plus a wheel of every runtime dependency -----------------
+# --- builder: the project's wheel plus a wheel of every dependency of its extras -----------
 FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -42,7 +45,7 @@ COPY outbox/ outbox/
 COPY workers/ workers/
 COPY sidecar/ sidecar/
 
-RUN pip wheel --wheel-dir /wheels ".[sidecar]" \
+RUN pip wheel --wheel-dir /wheels ".[chat,document,sidecar]" \
     && ls /wheels/pg_outbox_relay-*.whl
 
 # --- runtime: no sources, no build tools, no dev dependencies ------------------------------
@@ -61,12 +64,13 @@ ENV PYTHONUNBUFFERED=1 \
 # Installed as root into the system site-packages (read-only for the app user); the wheels
 # are bind-mounted from the builder, so they never become a layer of this image.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels "pg-outbox-relay[sidecar]" \
+    pip install --no-index --find-links=/wheels "pg-outbox-relay[chat,document,sidecar]" \
     && groupadd --system --gid 10001 outbox \
     && useradd --system --uid 10001 --gid outbox --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin outbox \
     && python -c "from outbox.storage.migrate import migrations_dir as d; \
-assert sorted((d() / 'versions').glob('*.py')) and sorted((d() / 'documents').glob('*.py'))"
+assert sorted((d() / 'versions').glob('*.py')) and sorted((d() / 'documents').glob('*.py'))" \
+    && python -c "import workers.chat, workers.document, sidecar.app"
 
 WORKDIR /app
 USER 10001:10001

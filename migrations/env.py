@@ -3,42 +3,30 @@
 The database comes from ``sqlalchemy.url`` when the caller set it (``outbox.storage.migrate``), else
 from ``DATABASE_URL``; a plain ``postgresql://`` URL is run through asyncpg. A caller may
 also pass an open connection as ``config.attributes["connection"]``. Versions are kept in
-``outbox_alembic_version`` so a host application's own ``alembic_version`` is untouched, and
-autogenerate only looks at the outbox's own tables (plus the reference documents tables
-when the ``documents`` folder is among the version locations).
+``outbox_alembic_version`` so a host application's own ``alembic_version`` is untouched.
+
+Autogenerate compares only the outbox's own metadata and ignores every other table (a host
+application's, the reference documents tables of the ``documents`` branch): this file ships
+in the library's wheel and must not import any package built on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 from typing import Any
 
 from alembic import context
-from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from outbox.primitives.errors import ConfigurationError
 from outbox.primitives.urls import async_database_url
-from outbox.storage.migrate import DOCUMENTS_FOLDER, VERSION_TABLE
+from outbox.storage.migrate import VERSION_TABLE
 from outbox.storage.schema import metadata
 
 config = context.config
-
-
-def _target_metadata() -> list[MetaData]:
-    locations = config.get_version_locations_list() or []
-    if any(Path(location).name == DOCUMENTS_FOLDER for location in locations):
-        from workers.document_schema import documents_metadata
-
-        return [metadata, documents_metadata]
-    return [metadata]
-
-
-TARGET_METADATA = _target_metadata()
 
 
 def _database_url() -> str:
@@ -51,12 +39,12 @@ def _database_url() -> str:
 
 
 def _include_name(name: str | None, type_: str, parent_names: Any) -> bool:
-    return type_ != "table" or any(name in m.tables for m in TARGET_METADATA)
+    return type_ != "table" or name in metadata.tables
 
 
 def _configure(**kwargs: Any) -> None:
     context.configure(
-        target_metadata=TARGET_METADATA,
+        target_metadata=metadata,
         version_table=VERSION_TABLE,
         include_name=_include_name,
         compare_type=True,

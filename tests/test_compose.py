@@ -384,9 +384,38 @@ def test_the_final_stage_holds_the_installed_wheel_only() -> None:
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     runs = " ".join(a for k, a in final if k == "RUN")
-    assert "pg-outbox-relay[sidecar]" in runs
+    assert "pg-outbox-relay[" in runs
     for tool in ("gcc", "build-essential", "pytest", "[dev]"):
         assert tool not in runs
+
+
+# The extra each console script needs on top of the base install (pyproject.toml).
+EXTRA_OF_SCRIPT = {
+    "outbox": None,
+    "outbox-chat-worker": "chat",
+    "outbox-document-worker": "document",
+    "outbox-sidecar": "sidecar",
+}
+
+
+def installed_extras(stage: list[tuple[str, str]], requirement: str) -> set[str]:
+    """The extras of ``requirement[...]`` that the stage's RUN instructions install."""
+    runs = " ".join(a for k, a in stage if k == "RUN")
+    found = re.findall(re.escape(requirement) + r"\[([\w,-]+)\]", runs)
+    assert found, f"no {requirement}[...] in {runs}"
+    return {extra.strip() for group in found for extra in group.split(",")}
+
+
+def test_the_image_has_the_extra_of_every_process_it_runs() -> None:
+    assert set(console_scripts()) == set(EXTRA_OF_SCRIPT), "which extra does a new script need?"
+    commands = [service(name)["command"][0] for name in APP_SERVICES]
+    commands += [exec_form(a)[0] for k, a in stages()[-1] if k == "CMD"]
+    needed = {EXTRA_OF_SCRIPT[command] for command in commands} - {None}
+    assert needed == {"chat", "document", "sidecar"}
+    installed = installed_extras(stages()[-1], "pg-outbox-relay")
+    assert needed <= installed
+    assert installed_extras(stages()[0], '".') == installed, "the builder wheels the same"
+    assert not installed & {"dev", "localservers"}
 
 
 _WILDCARDS = {"**": ".*", "*": "[^/]*", "?": "[^/]"}

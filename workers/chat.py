@@ -14,11 +14,15 @@ from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import anyio
-import orjson
-import redis.asyncio as aioredis
 from pydantic import AfterValidator, Field, model_validator
-from redis.asyncio.connection import parse_url
-from redis.exceptions import RedisError
+
+from outbox.primitives.extras import requires_extra
+
+with requires_extra("chat"):
+    import orjson
+    import redis.asyncio as aioredis
+    from redis.asyncio.connection import parse_url
+    from redis.exceptions import RedisError
 
 from outbox.primitives.errors import TransportUnavailable
 from outbox.primitives.messages import ClaimedMessage

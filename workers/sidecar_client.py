@@ -21,9 +21,12 @@ import uuid
 from typing import Any
 
 import anyio
-import httpx
 
+from outbox.primitives.extras import requires_extra
 from outbox.primitives.urls import redacted_url
+
+with requires_extra("document"):
+    import httpx
 
 __all__ = [
     "SidecarClient",

@@ -7,6 +7,8 @@
     ├── InvalidArgumentError        a storage call was given a bad argument (also ValueError)
     ├── ConfigurationError          a bad setting or database URL (also ValueError)
     ├── StartupError                a dependency stayed unreachable at start; the text names it
+    ├── MissingExtraError           an optional dependency is missing (also ImportError;
+    │                               in outbox.primitives.extras, which names the extra)
     └── HandlerError                raised by handler code to say how a message ends
         ├── RetryLaterError         transient: retry later (attempt counted)
         ├── GiveUpError             permanent: the message goes ``dead`` now

@@ -17,16 +17,19 @@ from typing import Final
 
 import anyio
 from anyio.abc import SocketStream
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
 
+from outbox.primitives.extras import requires_extra
 from outbox.primitives.messages import ClaimedMessage
+
+with requires_extra("worker"):
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        Counter,
+        Gauge,
+        Histogram,
+        generate_latest,
+    )
 
 __all__ = ["WorkerMetrics", "serve_http"]
 
