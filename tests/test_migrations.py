@@ -261,7 +261,7 @@ def downgrade():
 def test_host_application_alembic_runs_the_outbox_branch(
     empty_database: str, tmp_path: Path
 ) -> None:
-    """The README's recipe: a host's own Alembic names ``outbox:_migrations/versions``."""
+    """docs/table-and-migrations.md: a host's Alembic names ``outbox:_migrations/versions``."""
     (tmp_path / "alembic" / "versions").mkdir(parents=True)
     (tmp_path / "alembic" / "env.py").write_text(HOST_ENV)
     (tmp_path / "alembic" / "versions" / "host_0001.py").write_text(HOST_REVISION)
