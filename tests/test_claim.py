@@ -38,8 +38,11 @@ TYPES = ("message.created", "room.updated", "document.preprocess.v1", "message.d
         ({}, set(TYPES)),
         ({"exclude_type_prefix": "document."}, set(TYPES) - {"document.preprocess.v1"}),
         ({"include_type_prefix": ["message.", "room."]}, set(TYPES) - {"document.preprocess.v1"}),
+        # A quarter of the rows: a 50-row claim's 150-row walk finds too few, so the claims
+        # go through the per-type merge.
+        ({"include_type_prefix": "room."}, {"room.updated"}),
     ],
-    ids=["unfiltered", "exclude", "include"],
+    ids=["unfiltered", "exclude", "include", "include-rare"],
 )
 async def test_eight_concurrent_claimers_take_every_id_exactly_once(
     engine: AsyncEngine, filters: dict[str, object], wanted: set[str]
@@ -185,6 +188,34 @@ async def test_several_prefixes_and_include_with_exclude(engine: AsyncEngine) ->
     assert await claim(engine, exclude_type_prefix=["message.", "audit."]) == [doc_internal]
     assert await claim(engine, include_type_prefix="message.", exclude_type_prefix="message.") == []
     assert await claim(engine) == [msg, audit]
+
+
+async def test_behind_an_older_backlog_of_excluded_types_the_oldest_wanted_come_first(
+    engine: AsyncEngine,
+) -> None:
+    """The walk (3 x limit) meets only excluded rows, so the claim reads the wanted types one
+    by one: still exact, oldest first, literal prefixes, and types above every prefix."""
+    await add(engine, *(["document.preprocess.v1"] * 12))
+    top = chr(0x10FFFF) * 3 + ".event"  # above any finite prefix's range
+    room, pct, wild, high, chat = await add(
+        engine, "room.updated", "50%.off", "50x.off", top, "message.created"
+    )
+    assert await claim(engine, limit=2, exclude_type_prefix=["document.", "50%"]) == [room, wild]
+    assert await claim(engine, limit=2, exclude_type_prefix=["document.", "50%"]) == [high, chat]
+    assert await claim(engine, limit=2, exclude_type_prefix=["document.", "50%"]) == []
+    assert await claim(engine, limit=2, include_type_prefix="50%") == [pct]
+
+
+async def test_a_filter_of_up_to_a_hundred_prefixes_is_one_cheap_statement(
+    engine: AsyncEngine,
+) -> None:
+    chat, doc = await add(engine, "message.created", "document.preprocess.v1")
+    many = [f"unused{n}." for n in range(99)]
+    assert await claim(engine, exclude_type_prefix=[*many, "document."]) == [chat]
+    with pytest.raises(InvalidArgumentError, match="at most 100 type prefixes"):
+        await claim(engine, exclude_type_prefix=[*many, "document.", "more."])
+    assert await claim(engine, include_type_prefix=many, exclude_type_prefix="x") == []
+    assert await claim(engine) == [doc]
 
 
 @pytest.mark.parametrize(

@@ -87,3 +87,9 @@ def test_json_logs_are_one_event_per_line(capsys: pytest.CaptureFixture[str]) ->
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_more_type_prefixes_than_a_claim_takes_stop_start_up() -> None:
+    many = ",".join(f"p{n}." for n in range(101))
+    with pytest.raises(ConfigurationError, match="at most 100 type prefixes"):
+        load_settings(WorkerSettings, database_url="postgresql://h/db", exclude_type_prefixes=many)

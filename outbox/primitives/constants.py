@@ -12,6 +12,15 @@ FILTERED_CLAIM_POOL_FACTOR = 2
 """A type-filtered claim picks from the oldest ``limit * factor`` rows, so that claimers
 racing for the same oldest rows each still fill their batch."""
 
+FILTERED_CLAIM_WALK_FACTOR = 3
+"""A type-filtered claim first reads the oldest ``limit * factor`` claimable rows of any type;
+only when fewer than ``limit`` of them have a wanted type does it read the wanted types one
+by one."""
+
+MAX_TYPE_PREFIXES = 100
+"""Most type prefixes one filter may have (include and exclude together): each costs the
+filtered claim a comparison per walked row (300 prefixes: about 4x the claim of one)."""
+
 MAX_CLAIM_LIMIT = 10_000
 """Largest batch one claim may take."""
 

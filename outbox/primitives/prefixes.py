@@ -11,9 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from outbox.primitives.constants import MAX_TYPE_PREFIXES
 from outbox.primitives.errors import InvalidArgumentError
 
-__all__ = ["PrefixArg", "TypeRange", "successor", "type_ranges"]
+__all__ = [
+    "MAX_TYPE",
+    "PrefixArg",
+    "TypeRange",
+    "successor",
+    "type_bounds",
+    "type_ranges",
+]
 
 PrefixArg = str | Sequence[str] | None
 """One prefix, several, or ``None`` for no filter."""
@@ -22,6 +30,11 @@ TypeRange = tuple[str | None, str | None]
 """Half-open ``[low, high)``; ``None`` is unbounded on that side."""
 
 _MAX_CODE_POINT = 0x10FFFF
+
+MAX_TYPE = chr(_MAX_CODE_POINT) * 1000
+"""A string above every ``type`` a pending row can have, standing for "no upper bound" where
+SQL needs a value: 4,000 bytes of the highest code point, while a pending row's type is in a
+btree index, whose entries hold at most about 2,700 bytes."""
 _SURROGATES = range(0xD800, 0xE000)
 
 
@@ -91,6 +104,11 @@ def type_ranges(include: PrefixArg = None, exclude: PrefixArg = None) -> list[Ty
     """
     included = _as_list(include, "include_type_prefix")
     excluded = _as_list(exclude, "exclude_type_prefix")
+    if len(included) + len(excluded) > MAX_TYPE_PREFIXES:
+        raise InvalidArgumentError(
+            f"at most {MAX_TYPE_PREFIXES} type prefixes (include and exclude together),"
+            f" got {len(included) + len(excluded)}: filter by fewer, shorter prefixes"
+        )
     if not included and not excluded:
         return None
     ranges: list[TypeRange] = (
@@ -99,3 +117,11 @@ def type_ranges(include: PrefixArg = None, exclude: PrefixArg = None) -> list[Ty
     for prefix in excluded:
         ranges = _subtract(ranges, (prefix, successor(prefix)))
     return ranges
+
+
+def type_bounds(ranges: Sequence[TypeRange]) -> tuple[list[str], list[str]]:
+    """``ranges`` as two parallel lists of lower and upper bounds, every bound a string:
+    ``""`` (the least string) for no lower bound, :data:`MAX_TYPE` for no upper bound."""
+    return [low or "" for low, _ in ranges], [
+        MAX_TYPE if high is None else high for _, high in ranges
+    ]

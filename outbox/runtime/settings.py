@@ -25,7 +25,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.primitives.backoff import BackoffPolicy, ExponentialBackoff, FixedSchedule
 from outbox.primitives.constants import DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT
-from outbox.primitives.errors import ConfigurationError
+from outbox.primitives.errors import ConfigurationError, InvalidArgumentError
+from outbox.primitives.prefixes import type_ranges
 from outbox.primitives.urls import libpq_dsn, redacted_url
 
 __all__ = ["BearerToken", "WorkerSettings", "load_settings", "parse_prefixes"]
@@ -135,6 +136,10 @@ class WorkerSettings(BaseSettings):
                     value.encode("utf-8")
                 except UnicodeEncodeError:
                     raise ValueError(f"{name.upper()} is not valid UTF-8 text") from None
+        try:
+            type_ranges(self.include, self.exclude)
+        except InvalidArgumentError as exc:
+            raise ValueError(f"INCLUDE_TYPE_PREFIXES/EXCLUDE_TYPE_PREFIXES: {exc}") from None
         for prefix in self.include or ():
             if any(prefix.startswith(excluded) for excluded in self.exclude or ()):
                 raise ValueError(

@@ -34,13 +34,14 @@ from outbox.primitives.constants import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_REAP_LIMIT,
     FILTERED_CLAIM_POOL_FACTOR,
+    FILTERED_CLAIM_WALK_FACTOR,
     MAX_CLAIM_LIMIT,
     MAX_DELAY_SECONDS,
     MAX_ERROR_LENGTH,
 )
 from outbox.primitives.errors import InvalidArgumentError
 from outbox.primitives.messages import AckResult, ClaimedMessage, ReapResult, RescheduleResult
-from outbox.primitives.prefixes import PrefixArg, type_ranges
+from outbox.primitives.prefixes import PrefixArg, type_bounds, type_ranges
 from outbox.storage import statements as sql
 from outbox.storage.execution import AsyncDB, Rows, fetch_all
 from outbox.storage.schema import Status
@@ -107,16 +108,18 @@ def claim_statement(
     _check_limit(limit)
     _check_worker(worker_id)
     ranges = type_ranges(include_type_prefix, exclude_type_prefix)
-    params = {
+    params: dict[str, object] = {
         "limit": limit,
         "worker_id": worker_id,
         "lease": _seconds("lock_seconds", lock_seconds, positive=True),
         "now": checked_now(now),
     }
     if ranges is None:
-        return sql.claim(None), params
+        return sql.claim(False), params
+    params["type_lows"], params["type_highs"] = type_bounds(ranges)
     params["pool"] = limit * FILTERED_CLAIM_POOL_FACTOR
-    return sql.claim(tuple(ranges)), params
+    params["walk"] = limit * FILTERED_CLAIM_WALK_FACTOR
+    return sql.claim(True), params
 
 
 async def mark_published(

@@ -175,17 +175,18 @@ SELECT_BY_DEDUPE_KEY: Select[Any] = select(col.id, col.dedupe_key).where(
 # -- claim ---------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=128)
-def claim(ranges: tuple[TypeRange, ...] | None) -> Update:
-    """The claim for a type filter (``None``: every type), as one statement.
+@lru_cache(maxsize=2)
+def claim(filtered: bool) -> Update:
+    """The claim, as one statement: every type, or (``filtered``) the types in the ranges
+    ``[:type_lows[i], :type_highs[i])`` (see :func:`~outbox.primitives.prefixes.type_bounds`).
 
-    Parameters: ``:limit``, ``:pool`` (filtered claims), ``:worker_id``, ``:lease``
-    (interval), ``:now``. Stage 1
-    (``candidates``) picks the oldest claimable ids, locking them and skipping rows other
-    claimers hold; stage 2 leases those rows and counts the attempt. Returns
-    :data:`CLAIMED_COLUMNS`.
+    Parameters: ``:limit``, ``:worker_id``, ``:lease`` (interval), ``:now``; filtered also
+    ``:walk``, ``:pool``, ``:type_lows``, ``:type_highs``. Stage 1 (``candidates``) picks the
+    oldest claimable ids, locking them and skipping rows other claimers hold; stage 2 leases
+    those rows and counts the attempt. Returns :data:`CLAIMED_COLUMNS`. The filter is bound
+    parameters, not statement text, so every filter shares one statement and one plan.
     """
-    candidates = _oldest_claimable() if ranges is None else _oldest_claimable_of_types(ranges)
+    candidates = _oldest_claimable_in_ranges() if filtered else _oldest_claimable()
     # "id = ANY(ARRAY(candidates))" rather than a join: whatever the planner guesses for an
     # unknown :limit (generic plans), the update stays primary-key lookups.
     chosen = func.array(select(candidates.c.id).scalar_subquery())
@@ -219,53 +220,75 @@ def _oldest_claimable() -> CTE:
     )
 
 
-def _oldest_claimable_of_types(ranges: tuple[TypeRange, ...]) -> CTE:
-    """Filtered by type: the same rows and order, without reading other types' backlogs.
+def _type_ranges() -> Any:
+    """The filter's ranges as rows ``(low, high)``, from the ``:type_lows``/``:type_highs``
+    arrays (a fresh FROM item at each use)."""
+    return (
+        func.unnest(
+            bindparam("type_lows", type_=ARRAY(Text)), bindparam("type_highs", type_=ARRAY(Text))
+        )
+        .table_valued(column("low", Text(collation="C")), column("high", Text(collation="C")))
+        .render_derived(name="ranges")
+    )
 
-    Walking ``ix_outbox_claimable`` and filtering by type would read every older row of
-    the other types first (a large backlog of another domain makes each poll a scan). So:
 
-    1. ``pending_types``: the distinct pending types inside the ranges, found by a loose
-       index scan of ``ix_outbox_claimable_type`` (one index probe per type);
-    2. ``pool``: per type, the oldest ``:pool`` claimable rows in index order (a LATERAL
-       subquery, no locks), merged by age, keeping the oldest ``:pool``;
-    3. of those, lock the oldest ``:limit`` still claimable, skipping rows other claimers
-       hold (``FOR UPDATE SKIP LOCKED``; the status is re-checked on the locked row).
+def _oldest_claimable_in_ranges() -> CTE:
+    """Filtered by type: the same rows and order as unfiltered, at about the same cost.
+
+    1. ``walk``: the oldest ``:walk`` claimable rows of any type, in ``ix_outbox_claimable``
+       order, no locks (a bounded read, whatever the planner knows of the table), each
+       marked ``wanted`` when its type is in a range;
+    2. ``decision``: when at least ``:limit`` of them are wanted, or the walk saw every
+       claimable row, the wanted ones are the oldest claimable rows of the wanted types,
+       and (up to ``:pool`` of them) they are the pool;
+    3. only otherwise (the walk met mostly other types: an older backlog of an excluded
+       domain), the per-type merge: the distinct pending types inside the ranges, found by a
+       loose index scan of ``ix_outbox_claimable_type``, and per type its oldest ``:pool``
+       claimable rows, merged by age. Its cost grows with the number of distinct pending
+       types in the ranges, never with the other backlog. A one-time filter skips it
+       entirely when the walk decided;
+    4. of the ``:pool`` oldest, lock the oldest ``:limit`` still claimable, skipping rows
+       other claimers hold (``FOR UPDATE SKIP LOCKED``; the status is re-checked on the
+       locked row).
 
     Only the claimed rows are locked. ``:pool`` is larger than ``:limit`` (see
-    :data:`~outbox.primitives.constants.FILTERED_CLAIM_POOL_FACTOR`) so that claimers racing for the
-    same oldest rows still fill their batches. Cost grows with the number of distinct
-    pending types in the ranges, not with the size of any backlog.
+    :data:`~outbox.primitives.constants.FILTERED_CLAIM_POOL_FACTOR`) so that claimers
+    racing for the same oldest rows still fill their batches.
     """
-    type_sets = [_pending_types(i, low, high) for i, (low, high) in enumerate(ranges)]
-    if not type_sets:
-        return select(col.id).where(false()).cte("candidates")
-    pending_types = union_all(
-        *(select(types.c.type).where(types.c.type.isnot(None)) for types in type_sets)
-    ).subquery("pending_types")
     pool_size = bindparam("pool", type_=Integer)
-    per_type = (
-        select(col.id, col.next_attempt_at)
-        .where(
-            col.status == PENDING,
-            col.type == pending_types.c.type,
-            col.next_attempt_at <= CLOCK,
-        )
+    walk_size = bindparam("walk", type_=Integer)
+    ranges = _type_ranges()
+    wanted = (
+        select(literal(1))
+        .select_from(ranges)
+        .where(col.type >= ranges.c.low, col.type < ranges.c.high)
+        .exists()
+    )
+    walk = (
+        select(col.id, col.next_attempt_at, wanted.label("wanted"))
+        .where(col.status == PENDING, col.next_attempt_at <= CLOCK)
         .order_by(col.next_attempt_at, col.id)
-        .limit(pool_size)
-        .lateral("per_type")
+        .limit(walk_size)
+        .cte("walk")
+        .prefix_with("MATERIALIZED")
     )
-    pool = (
-        select(per_type.c.id)
-        .select_from(pending_types.join(per_type, true()))
-        .order_by(per_type.c.next_attempt_at, per_type.c.id)
-        .limit(pool_size)
-        .cte("pool")
-    )
+    decision = select(
+        or_(
+            func.count().filter(walk.c.wanted) >= _limit(),
+            func.count() < walk_size,
+        ).label("walk_decides")
+    ).cte("decision")
+    walk_decides = select(decision.c.walk_decides).scalar_subquery()
+    merged = _oldest_per_type(pool_size)
+    pool = union_all(
+        select(walk.c.id, walk.c.next_attempt_at).where(walk.c.wanted, walk_decides),
+        select(merged.c.id, merged.c.next_attempt_at).where(~walk_decides),
+    ).cte("pool")
+    oldest = select(pool.c.id).order_by(pool.c.next_attempt_at, pool.c.id).limit(pool_size)
     return (
         select(col.id)
         .where(
-            col.id == func.any(func.array(select(pool.c.id).scalar_subquery())),
+            col.id == func.any(func.array(oldest.scalar_subquery())),
             col.status == PENDING,
             col.next_attempt_at <= CLOCK,
         )
@@ -276,23 +299,59 @@ def _oldest_claimable_of_types(ranges: tuple[TypeRange, ...]) -> CTE:
     )
 
 
-def _pending_types(index: int, low: str | None, high: str | None) -> CTE:
-    """Recursive CTE of the distinct pending types in ``[low, high)``, ascending."""
-
-    def first_type_after(*conditions: ColumnElement[bool]) -> ScalarSelect[str]:
-        upper = () if high is None else (col.type < high,)
-        return (
-            select(func.min(col.type))
-            .where(col.status == PENDING, *conditions, *upper)
-            .scalar_subquery()
+def _oldest_per_type(pool_size: Any) -> Any:
+    """The oldest ``pool_size`` claimable rows of the pending types in the ranges, read per
+    type from ``ix_outbox_claimable_type`` (a LATERAL probe per type, merged by age)."""
+    pending_types = _pending_types()
+    per_type = (
+        select(col.id, col.next_attempt_at)
+        .where(
+            col.status == PENDING,
+            # A range of one type, not "type = ...": an equality would make ``type`` a
+            # constant and drop it from the ORDER BY, and a plan made on stale statistics
+            # could then walk ix_outbox_claimable and filter by type (reading the other
+            # domain's backlog). Ordered by type first, only ix_outbox_claimable_type
+            # delivers these rows in order.
+            col.type >= pending_types.c.type,
+            col.type <= pending_types.c.type,
+            col.next_attempt_at <= CLOCK,
         )
-
-    lower = () if low is None else (col.type >= low,)
-    types = select(first_type_after(*lower).label("type")).cte(
-        f"pending_types_{index}", recursive=True
+        .order_by(col.type, col.next_attempt_at, col.id)
+        .limit(pool_size)
+        .lateral("per_type")
     )
-    step = select(first_type_after(col.type > types.c.type)).where(types.c.type.isnot(None))
-    return types.union_all(step)
+    return (
+        select(per_type.c.id, per_type.c.next_attempt_at)
+        .select_from(pending_types.join(per_type, true()))
+        .where(pending_types.c.type.isnot(None))
+        .order_by(per_type.c.next_attempt_at, per_type.c.id)
+        .limit(pool_size)
+        .subquery("merged")
+    )
+
+
+def _pending_types() -> CTE:
+    """Recursive CTE of the distinct pending types in each range, by a loose index scan:
+    per range, one ``ix_outbox_claimable_type`` probe per type (``NULL`` ends a range)."""
+    ranges = _type_ranges()
+    first = (
+        select(
+            select(func.min(col.type))
+            .where(col.status == PENDING, col.type >= ranges.c.low, col.type < ranges.c.high)
+            .scalar_subquery()
+            .label("type"),
+            ranges.c.high.label("high"),
+        )
+        .select_from(ranges)
+        .cte("pending_types", recursive=True)
+    )
+    step = select(
+        select(func.min(col.type))
+        .where(col.status == PENDING, col.type > first.c.type, col.type < first.c.high)
+        .scalar_subquery(),
+        first.c.high,
+    ).where(first.c.type.isnot(None))
+    return first.union_all(step)
 
 
 # -- acknowledgements ----------------------------------------------------------------------
