@@ -236,3 +236,29 @@ async def test_bad_claim_arguments_are_clear_errors(
     args: dict[str, object] = {"limit": 10, "lock_seconds": 30, "worker_id": "w", **kwargs}
     with pytest.raises(InvalidArgumentError, match=error):
         await claim_batch(engine, **args)  # type: ignore[arg-type]
+
+
+async def test_a_row_no_reader_can_decode_dies_alone_and_its_batch_is_claimed(
+    engine: AsyncEngine,
+) -> None:
+    """Another producer's row holding a 5,000-digit integer (valid jsonb, refused by Python's
+    JSON reader): claimed with healthy rows, it goes dead with the reason; they are returned."""
+    first = (await add(engine, "message.created"))[0]
+    async with engine.begin() as conn:
+        bad = (
+            await conn.exec_driver_sql(
+                "INSERT INTO outbox (type, payload) VALUES"
+                " ('message.created', ('{\"n\": 1' || repeat('0', 5000) || '}')::jsonb)"
+                " RETURNING id"
+            )
+        ).scalar_one()
+    last = (await add(engine, "message.created"))[0]
+    claimed = await claim_batch(engine, limit=10, lock_seconds=30, worker_id="w")
+    assert [m.id for m in claimed] == [first, last]
+    assert [m.payload for m in claimed] == [{"t": "message.created"}] * 2
+    async with engine.connect() as conn:
+        status, error = (
+            await conn.exec_driver_sql("SELECT status, error FROM outbox WHERE id = $1", (bad,))
+        ).one()
+    assert status == "dead"
+    assert error.startswith("undecodable payload: ValueError: Exceeds the limit (4300 digits)")

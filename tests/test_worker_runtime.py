@@ -212,6 +212,27 @@ async def test_an_outage_retry_counts_attempts_but_never_takes_the_last_one(
     assert state[row] == ("published", 2, None)
 
 
+async def test_an_undecodable_row_dies_alone_and_its_batch_mates_are_delivered(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    ids = await add(engine, 10)
+    async with engine.begin() as conn:
+        bad = (
+            await conn.exec_driver_sql(
+                "INSERT INTO outbox (type, payload) VALUES"
+                " ('message.created', ('[1' || repeat('0', 5000) || ']')::jsonb) RETURNING id"
+            )
+        ).scalar_one()
+    ids += await add(engine, 10)
+    recorder = Recorder(deliver)
+    async with running(Worker(recorder, settings(database_url))):
+        state = await settle(engine, all_in("published", "dead"))
+    assert sorted(recorder.seen) == ids
+    assert {id_ for id_, (status, _, _) in state.items() if status == "published"} == set(ids)
+    assert state[bad][0] == "dead" and state[bad][1] == 1
+    assert "undecodable payload" in state[bad][2]
+
+
 async def test_the_heartbeat_keeps_a_long_job_leased(
     engine: AsyncEngine, database_url: str
 ) -> None:

@@ -22,6 +22,9 @@ acknowledgement that did not apply means the message is delivered again (at leas
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -39,7 +42,8 @@ from outbox.primitives.constants import (
     MAX_DELAY_SECONDS,
     MAX_ERROR_LENGTH,
 )
-from outbox.primitives.errors import InvalidArgumentError
+from outbox.primitives.errors import InvalidArgumentError, error_text
+from outbox.primitives.logs import log_event
 from outbox.primitives.messages import AckResult, ClaimedMessage, ReapResult, RescheduleResult
 from outbox.primitives.prefixes import PrefixArg, type_bounds, type_ranges
 from outbox.storage import statements as sql
@@ -61,6 +65,8 @@ __all__ = [
 
 _default_backoff = ExponentialBackoff()
 
+log = logging.getLogger("outbox.storage")
+
 
 async def claim_batch(
     db: AsyncDB,
@@ -81,6 +87,11 @@ async def claim_batch(
     same row. Claimed rows become ``in_progress``, leased to ``worker_id`` until
     ``now + lock_seconds``, with ``attempts`` incremented. Returned oldest first
     (``next_attempt_at``, then ``id``).
+
+    A row whose payload cannot be decoded (written by another producer, or holding what
+    Python's JSON reader refuses, such as an integer of more than 4,300 digits) is not
+    returned: it is marked ``dead`` at once, its error naming the decoding failure, and the
+    rest of the batch is returned as usual.
     """
     statement, params = claim_statement(
         limit=limit,
@@ -90,7 +101,30 @@ async def claim_batch(
         exclude_type_prefix=exclude_type_prefix,
         now=now,
     )
-    claimed = [ClaimedMessage(*row) for row in await fetch_all(db, statement, params)]
+    claimed: list[ClaimedMessage] = []
+    undecodable: dict[int, str] = {}
+    rejected: list[ClaimedMessage] = []
+    for row in await fetch_all(db, statement, params):
+        message = ClaimedMessage(*row)  # the payload still JSON text
+        try:
+            payload = json.loads(message.payload)  # type: ignore[arg-type]
+        except (ValueError, RecursionError) as exc:
+            undecodable[message.id] = f"undecodable payload: {error_text(exc)}"
+            rejected.append(message)
+            continue
+        claimed.append(dataclasses.replace(message, payload=payload))
+    if rejected:
+        await mark_dead(db, rejected, worker_id=worker_id, error=undecodable)
+        for message in rejected:
+            log_event(
+                log,
+                logging.ERROR,
+                "message.dead",
+                id=message.id,
+                type=message.type,
+                attempt=message.attempts,
+                error=undecodable[message.id],
+            )
     claimed.sort(key=lambda m: (m.next_attempt_at, m.id))
     return claimed
 

@@ -110,7 +110,9 @@ CLAIMED_COLUMNS = (
     col.id,
     col.type,
     col.key,
-    col.payload,
+    # As text: the claim decodes each row's payload itself, so that one row no reader can
+    # decode fails alone instead of failing the whole claimed batch in the driver.
+    cast(col.payload, Text).label("payload"),
     col.attempts,
     col.created_at,
     col.next_attempt_at,
