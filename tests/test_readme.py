@@ -70,7 +70,7 @@ def test_readme_example_runs_on_an_empty_table(
 
 def test_worker_loop_delivers_what_the_async_example_enqueued(database_url: str) -> None:
     admin(database_url, "TRUNCATE outbox RESTART IDENTITY")
-    run(ASYNC, database_url)  # one document row due now, one chat row due in 5 s
+    run(ASYNC, database_url)  # one document row due now, one chat row due in a minute
     run(SYNC, database_url)  # one chat row due now
     output = run(LOOP, database_url)
     # The loop excludes "document." rows, and the delayed chat row is not due yet.
