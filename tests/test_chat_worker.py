@@ -12,6 +12,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import redis.asyncio as aioredis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -151,6 +152,57 @@ async def test_room_mode_gives_up_a_message_without_a_key(
     _, attempts, error = (await table(engine))[keyless]
     assert attempts == 1
     assert error is not None and "needs a key" in error
+
+
+async def acl_user(redis_url: str, name: str, *rules: str) -> str:
+    """Create the Redis ACL user ``name`` (password ``pw``) with ``rules``; its URL."""
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        await admin.execute_command("ACL", "SETUSER", name, "reset", "on", ">pw", *rules)
+    finally:
+        await admin.aclose()
+    return redis_url.replace("redis://", f"redis://{name}:pw@", 1)
+
+
+async def test_a_forbidden_channel_fails_its_messages_alone(
+    engine: AsyncEngine, base_env: dict[str, str], tmp_path: Path
+) -> None:
+    with throwaway_redis() as redis_url:
+        url = await acl_user(
+            redis_url, "chat", "~*", "resetchannels", "&conv:allowed*", "+publish", "+@connection"
+        )
+        env = {**base_env, "REDIS_URL": url, "PUBSUB_MODE": "room", "WORKER_ID": "chat-acl"}
+        worker = WorkerProcess(CHAT, env, tmp_path / "acl.log")
+        try:
+            worker.wait_ready()
+            rooms = ["allowed-1", "forbidden", "allowed-2"]
+            async with subscribed(redis_url, "conv:*") as received:
+                async with engine.begin() as conn:
+                    ids = await enqueue_many(
+                        conn,
+                        [
+                            NewMessage("message.created", {"n": n}, key=rooms[n % 3])
+                            for n in range(30)
+                        ],
+                    )
+                allowed = [i for n, i in enumerate(ids) if n % 3 != 1]
+                await received.wait_for_ids(allowed, timeout=10)
+
+                async def settled() -> bool:
+                    return "in_progress" not in {s for s, _, _ in (await table(engine)).values()}
+
+                await wait_until(settled, 10, "every message to settle")
+            assert sorted(received.ids) == allowed
+        finally:
+            worker.stop()
+    rows = await table(engine)
+    assert {rows[i][:2] for i in allowed} == {("published", 1)}
+    forbidden = [i for n, i in enumerate(ids) if n % 3 == 1]
+    assert {rows[i][:2] for i in forbidden} == {("dead", 1)}
+    error = rows[forbidden[0]][2]
+    assert error is not None and "Redis refused channel 'conv:forbidden'" in error, error
+    assert "NOPERM" in error
+    assert not worker.events("transport.unavailable"), "a forbidden channel is not an outage"
 
 
 async def test_an_idle_worker_is_woken_by_the_commit_not_the_poll(
@@ -390,6 +442,50 @@ async def test_metrics_health_and_readiness(
     assert 'outbox_claimed_total{type="message.created"} 3.0' in body
     assert "outbox_delivery_lag_seconds_bucket" in body
     assert "outbox_rows_pending" in body
+
+
+async def test_readyz_tells_a_redis_outage_and_its_end_while_no_message_flows(
+    engine: AsyncEngine, base_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+
+    def readyz() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    async def answers(status: int, body_start: str) -> None:
+        async def matches() -> bool:
+            got_status, body = await anyio.to_thread.run_sync(readyz)
+            return got_status == status and body.startswith(body_start)
+
+        await wait_until(matches, 10, f"/readyz to answer {status} {body_start!r}")
+
+    with throwaway_redis() as redis_url:
+        env = {
+            **base_env,
+            "REDIS_URL": redis_url,
+            "METRICS_PORT": str(port),
+            "METRICS_HOST": "127.0.0.1",
+            "TRANSPORT_CHECK_SECONDS": "0.3",
+            "REDIS_TIMEOUT_SECONDS": "1",
+            "WORKER_ID": "chat-idle",
+        }
+        worker = WorkerProcess(CHAT, env, tmp_path / "idle.log")
+        try:
+            worker.wait_ready()
+            await answers(200, "ready")
+            await anyio.to_thread.run_sync(stop_throwaway, redis_url)
+            redis_port = redis_url.rsplit(":", 1)[1].split("/")[0]
+            await answers(503, f"Redis at redis://127.0.0.1:{redis_port} unavailable: ")
+            await anyio.to_thread.run_sync(start_throwaway, redis_url)
+            await answers(200, "ready")
+            assert worker.events("transport.unavailable") and worker.events("transport.recovered")
+        finally:
+            worker.stop()
+    assert await table(engine) == {}  # no message flowed: the idle check told it all
 
 
 def test_sigterm_during_start_up_exits_zero_and_health_answers_meanwhile(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
-from pydantic import BaseModel, RootModel
+from pydantic import BaseModel, ConfigDict, RootModel
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
@@ -239,3 +240,97 @@ async def test_concurrent_enqueues_of_one_dedupe_key_make_one_row(engine: AsyncE
 async def test_wrong_handle_type_is_a_clear_error() -> None:
     with pytest.raises(InvalidMessageError, match="db must be a SQLAlchemy Session"):
         enqueue("postgresql://nope", "a.b", {})  # type: ignore[call-overload]
+
+
+def nested(depth: int) -> dict[str, object]:
+    """A payload whose objects are nested ``depth`` levels deep (``{}`` is one level)."""
+    payload: dict[str, object] = {}
+    for _ in range(depth - 1):
+        payload = {"a": payload}
+    return payload
+
+
+class Big(BaseModel):
+    n: int
+
+
+class Loose(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+    x: float
+
+
+class Text(BaseModel):
+    s: str
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (
+            NewMessage("a.b", {"a": [{"b": "x\ud800"}]}),
+            r"payload contains a lone surrogate \(U\+D800\)",
+        ),
+        (NewMessage("a.b", {"a": {"\udc00": 1}}), r"payload contains a lone surrogate \(U\+DC00\)"),
+        (NewMessage("a.\ud800", {}), r"type 'a.\\ud800' contains a lone surrogate"),
+        (NewMessage("a.b", {}, key="room-\udfff"), "key 'room-.*' contains a lone surrogate"),
+        (NewMessage("a.b", {}, dedupe_key="\ud83d"), "dedupe_key .* contains a lone surrogate"),
+        (NewMessage("a.b", Text(s="\ud800")), "payload is not JSON-serialisable: .*surrogates"),
+        (
+            NewMessage("a.b", {}, dedupe_key="k" * 3000),
+            "dedupe_key is 3000 bytes in UTF-8, over the limit of 2000 bytes",
+        ),
+        (  # 700 characters, 2,100 bytes: the bound is in bytes, as the index's is
+            NewMessage("a.b", {}, dedupe_key="€" * 700),
+            "dedupe_key is 2100 bytes in UTF-8, over the limit of 2000 bytes",
+        ),
+        (NewMessage("a.b", {}, key="k" * 2001), "key is 2001 bytes in UTF-8, over the limit"),
+        (NewMessage("a.b", nested(5000)), "payload is nested deeper than 512 levels"),
+        (NewMessage("a.b", nested(513)), "payload is nested deeper than 512 levels"),
+        (NewMessage("a.b", {"n": [10**4300]}), "payload holds an integer of more than 4300 digits"),
+        (
+            NewMessage("a.b", Big(n=-(10**4300))),
+            "payload holds an integer of more than 4300 digits",
+        ),
+        (
+            NewMessage("a.b", {"x": float("-inf")}),
+            r"payload is not JSON-serialisable: it holds -inf \(JSON has no NaN",
+        ),
+        (
+            NewMessage("a.b", Loose(x=float("nan"))),
+            r"payload is not JSON-serialisable: it holds NaN \(JSON has no",
+        ),
+    ],
+)
+async def test_refusals_leave_the_callers_transaction_usable(
+    engine: AsyncEngine, message: NewMessage, error: str
+) -> None:
+    """Refused before anything reaches the database: the same transaction commits after."""
+    async with engine.begin() as conn:
+        with pytest.raises(InvalidMessageError, match=error):
+            await enqueue(
+                conn, message.type, message.payload, key=message.key, dedupe_key=message.dedupe_key
+            )
+        with pytest.raises(InvalidMessageError, match=rf"messages\[1\]: {error}"):
+            await enqueue_many(conn, [NewMessage("ok.first", {}), message])
+        kept = await enqueue(conn, "ok.after", {"n": 1})
+    assert await all_rows(engine) == [(kept, "ok.after", {"n": 1})]
+
+
+async def test_refusal_leaves_a_sync_session_usable(
+    engine: AsyncEngine, sync_engine: Engine
+) -> None:
+    with Session(sync_engine) as session, session.begin():
+        with pytest.raises(InvalidMessageError, match="contains a lone surrogate"):
+            enqueue(session, "a.b", {"text": "\udc80"})
+        kept = enqueue(session, "ok.after", {})
+    assert await all_rows(engine) == [(kept, "ok.after", {})]
+
+
+async def test_values_at_the_bounds_are_stored_and_read_back(engine: AsyncEngine) -> None:
+    dedupe_key = secrets.token_urlsafe(1500)[:2000]  # incompressible: the index's worst case
+    key = "é" * 1000  # 2,000 bytes
+    payload = {"deep": nested(511), "n": 10**4299, "s": "😀"}  # 512 levels in all
+    async with engine.begin() as conn:
+        id_ = await enqueue(conn, "a.b", payload, key=key, dedupe_key=dedupe_key)
+    [message] = await claim_batch(engine, limit=10, lock_seconds=30, worker_id="w")
+    assert (message.id, message.key, message.payload) == (id_, key, payload)

@@ -503,3 +503,46 @@ def test_settings_that_could_only_fail_later_fail_at_start(
         WorkerSettings, database_url="postgresql://u@h/db", backoff_schedule=" , "
     )
     assert blank.backoff() is not None
+
+
+class Probe(Recorder):
+    """A handler whose transport check fails, hangs or passes, as the test says."""
+
+    name = "probe transport"
+
+    def __init__(self) -> None:
+        super().__init__(deliver)
+        self.state = "up"
+        self.checks = 0
+
+    async def check(self) -> None:
+        self.checks += 1
+        if self.state == "down":
+            raise ConnectionError("connection refused")
+        if self.state == "hung":
+            await anyio.sleep(3600)
+
+
+async def test_an_idle_worker_checks_its_transport_for_readiness(database_url: str) -> None:
+    handler = Probe()
+    worker = Worker(
+        handler, settings(database_url, transport_check_seconds=0.1, handler_timeout_seconds=0.3)
+    )
+
+    async def readiness_becomes(expected: str | None) -> None:
+        with anyio.fail_after(5):
+            while worker.readiness() != expected:
+                await anyio.sleep(0.02)
+
+    async with running(worker):
+        await readiness_becomes(None)
+        handler.state = "down"  # no message flows: only the idle check can tell
+        await readiness_becomes("probe transport unavailable: ConnectionError: connection refused")
+        handler.state = "up"
+        await readiness_becomes(None)
+        handler.state = "hung"
+        await readiness_becomes("probe transport unavailable: check timed out after 0.3s")
+        handler.state = "up"
+        await readiness_becomes(None)
+        checks = handler.checks
+    assert checks >= 4

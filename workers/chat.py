@@ -3,8 +3,14 @@
 ``python -m workers.chat`` (or the ``outbox-chat-worker`` script). ``PUBSUB_MODE=global``
 publishes to ``chat:message``; ``room`` to ``conv:{key}``. Each message is the JSON envelope
 ``{"id", "type", "key", "payload", "created_at"}``. A batch is published in one pipelined
-round trip and acknowledged in one statement. Redis down: the batch is handed back with no
-attempt counted and the worker pauses (see ``outbox.runtime.worker``).
+round trip and acknowledged in one statement.
+
+Failures: Redis refusing one message's channel (an ACL ``NOPERM`` for that channel) fails
+that message alone, ``dead`` with the reason, and the rest of the batch is delivered.
+Anything else is about Redis, not the message -- a connection error or timeout, or a reply
+error about the server's state (``LOADING``, ``READONLY``, ``MASTERDOWN``, ``PUBLISH`` itself
+not permitted): the batch is handed back with no attempt counted and the worker pauses (see
+``outbox.runtime.worker``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ with requires_extra("chat"):
     import orjson
     import redis.asyncio as aioredis
     from redis.asyncio.connection import parse_url
-    from redis.exceptions import RedisError
+    from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from outbox.primitives.errors import TransportUnavailable
 from outbox.primitives.messages import ClaimedMessage
@@ -118,22 +124,41 @@ class ChatPublisher:
     async def handle_batch(self, messages: Sequence[ClaimedMessage]) -> Sequence[Outcome]:
         outcomes: list[Outcome] = [DELIVERED] * len(messages)
         pipe = self.redis.pipeline(transaction=False)
+        sent: list[tuple[int, str]] = []  # (index in messages, channel) per pipelined PUBLISH
         for index, message in enumerate(messages):
             channel = self.channel(message)
             if channel is None:
                 outcomes[index] = GiveUp("PUBSUB_MODE=room needs a key; the message has none")
             else:
                 pipe.publish(channel, envelope(message))
-        if len(pipe):
+                sent.append((index, channel))
+        if sent:
             try:
                 with anyio.fail_after(self.settings.redis_timeout_seconds):
-                    await pipe.execute()
+                    # Reply errors come back per command; connection errors raise.
+                    replies = await pipe.execute(raise_on_error=False)
             except (RedisError, TimeoutError) as exc:
                 raise TransportUnavailable(str(exc) or type(exc).__name__) from exc
+            for (index, channel), reply in zip(sent, replies, strict=True):
+                if isinstance(reply, ResponseError):
+                    outcomes[index] = _refused(channel, reply)
         return outcomes
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+
+
+def _refused(channel: str, error: ResponseError) -> Outcome:
+    """The outcome of one PUBLISH that Redis answered with an error.
+
+    ``NOPERM`` for the channel is this message's own, permanent failure; any other reply
+    error (``PUBLISH`` not permitted at all, ``LOADING``, ``READONLY``...) is about Redis,
+    an outage for the whole batch.
+    """
+    text = str(error)
+    if isinstance(error, NoPermissionError) and "channel" in text.lower():
+        return GiveUp(f"Redis refused channel {channel!r} (check the ACL): NOPERM {text}")
+    raise TransportUnavailable(f"Redis refused PUBLISH: {type(error).__name__}: {text}") from error
 
 
 def main() -> None:

@@ -43,3 +43,20 @@ BACKSTOP_MARGIN_SECONDS = 5.0
 
 GAUGE_REFRESH_SECONDS = 10.0
 """How often a worker with metrics on refreshes the table gauges."""
+
+# Bounds on what enqueue accepts: what PostgreSQL can index and a worker can decode.
+
+MAX_KEY_BYTES = 2000
+"""Longest ``key`` or ``dedupe_key``, in UTF-8 bytes. A btree entry must stay under 2,704
+bytes (a third of a page; measured: a 2,700-byte incompressible text fails); 2,000 leaves
+room for the other columns of a composite index such as ``(key, position, id)``."""
+
+MAX_PAYLOAD_DEPTH = 512
+"""Deepest nesting of objects and arrays in a payload. ``json.loads`` in a worker fails
+near 1,000 levels minus the worker's own stack (Python's default recursion limit), and
+PostgreSQL's ``jsonb`` parser near a few thousand; 512 is far beyond real payloads."""
+
+MAX_INT_DIGITS = 4300
+"""Most digits an integer in a payload may have: Python's default limit on converting
+text to ``int`` (``sys.int_info.default_max_str_digits``), which every worker decoding
+the payload applies whatever the producer's own setting."""

@@ -1,8 +1,10 @@
 """A worker's health: what ``/readyz`` reports, and the pause after a transport failure.
 
 Every task reports here: database errors (any statement), transport failures (a handler's
-:class:`~outbox.primitives.errors.TransportUnavailable`) and successes. State changes are
-logged once (``database.unavailable``/``database.recovered``, ``transport.unavailable``/
+:class:`~outbox.primitives.errors.TransportUnavailable`, or a failed idle check) and
+successes. The transport counts as unavailable from a failure until the next success (a
+batch delivered, or an idle check passing). State changes are logged once
+(``database.unavailable``/``database.recovered``, ``transport.unavailable``/
 ``transport.recovered``), not on every failure.
 """
 
@@ -30,6 +32,8 @@ class Health:
         self.database_error: str | None = None
         self.transport_error: str | None = None
         self.transport_paused_until = 0.0
+        self.transport_reported_at = time.monotonic()
+        """When a batch or a check last told anything about the transport."""
         self._transport_delay = GrowingDelay(0.5, transport_retry_max_seconds, jitter=True)
 
     def readiness(self) -> str | None:
@@ -40,9 +44,13 @@ class Health:
             return "starting"
         if self.database_error:
             return f"database unavailable: {self.database_error}"
-        if self.transport_paused_until > time.monotonic():
+        if self.transport_error is not None:
             return f"{self.transport} unavailable: {self.transport_error}"
         return None
+
+    def transport_quiet_for(self) -> float:
+        """Seconds since a batch or a check last reported on the transport."""
+        return time.monotonic() - self.transport_reported_at
 
     def database_failed(self, exc: BaseException) -> None:
         error = error_text(exc)
@@ -66,6 +74,7 @@ class Health:
         it: the pause grows once per failed try after a pause, not per failing batch.
         """
         now = time.monotonic()
+        self.transport_reported_at = now
         if now >= self.transport_paused_until:
             pause = self._transport_delay.next()
             self.transport_paused_until = now + pause
@@ -83,6 +92,7 @@ class Health:
         return self.transport_pause()
 
     def transport_ok(self) -> None:
+        self.transport_reported_at = time.monotonic()
         if self._transport_delay.failures:
             log_event(log, logging.INFO, "transport.recovered", handler=self.transport)
         self._transport_delay.reset()

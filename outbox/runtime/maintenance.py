@@ -8,6 +8,10 @@
   :data:`~outbox.primitives.constants.DEFAULT_REAP_LIMIT` rows.
 - **gauges**: with metrics on, refreshes the table gauges every
   :data:`~outbox.primitives.constants.GAUGE_REFRESH_SECONDS`.
+- **transport check**: when no batch has reported on the transport for
+  ``TRANSPORT_CHECK_SECONDS``, calls the handler's ``check()`` (bounded by
+  ``HANDLER_TIMEOUT_SECONDS``), so an outage -- and its end -- shows in ``/readyz`` even
+  while no message flows.
 
 A database error is reported to :class:`~outbox.runtime.health.Health` and the task goes on
 at its next tick.
@@ -22,6 +26,7 @@ import anyio
 from outbox.primitives.constants import DEFAULT_REAP_LIMIT, GAUGE_REFRESH_SECONDS
 from outbox.primitives.logs import log_event
 from outbox.runtime.acknowledger import report_lost
+from outbox.runtime.handler import Handler
 from outbox.runtime.health import Health
 from outbox.runtime.inflight import InFlight
 from outbox.runtime.metrics import WorkerMetrics
@@ -103,6 +108,25 @@ class Maintenance:
         for id_ in sorted(reaped.dead):
             log_event(log, logging.WARNING, "message.dead", id=id_, reason="reaped")
         return len(reaped.requeued) + len(reaped.dead)
+
+    async def run_transport_check(self, handler: Handler) -> None:
+        interval = self.settings.transport_check_seconds
+        limit = self.settings.handler_timeout_seconds
+        while True:
+            quiet = self.health.transport_quiet_for()
+            if quiet < interval or self.health.stopping:
+                await anyio.sleep(max(interval - quiet, 0.05))
+                continue
+            try:
+                with anyio.move_on_after(limit) as bound:
+                    await handler.check()
+            except Exception as exc:
+                self.health.transport_failed(exc)
+                continue
+            if bound.cancelled_caught:
+                self.health.transport_failed(f"check timed out after {limit:g}s")
+            else:
+                self.health.transport_ok()
 
     async def run_gauges(self) -> None:
         m = self.metrics

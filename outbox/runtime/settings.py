@@ -97,6 +97,10 @@ class WorkerSettings(BaseSettings):
     """Fixed retry delays instead, e.g. ``60,300,900`` (the last repeats)."""
     transport_retry_max_seconds: Seconds = 30.0
     """Longest pause between tries while the transport (Redis, the sidecar) is down."""
+    transport_check_seconds: Seconds = 5.0
+    """When no batch has used the transport for this long, the worker checks it (the
+    handler's ``check()``, bounded by ``HANDLER_TIMEOUT_SECONDS``), so ``/readyz`` tells an
+    outage, and its end, even while no message flows."""
     database_timeout_seconds: Seconds = 15.0
     """Longest one statement may take; past it the database counts as unreachable."""
     reap_interval_seconds: Seconds = 5.0

@@ -8,8 +8,9 @@ batch, and after an empty one waits for a notification or ``POLL_INTERVAL_MS``. 
 calls the handler under ``HANDLER_TIMEOUT_SECONDS`` and submits the resulting acks
 (:mod:`~outbox.runtime.outcomes`) to the :class:`~outbox.runtime.acknowledger.Acknowledger`.
 Beside it run the acknowledger, the wake-up listener, the :mod:`~outbox.runtime.maintenance`
-tasks and, with metrics on, the HTTP server (up before the :mod:`~outbox.runtime.startup`
-checks, so ``/healthz`` answers during start-up).
+tasks (heartbeat, reaper, the idle transport check) and, with metrics on, the HTTP server
+(up before the :mod:`~outbox.runtime.startup` checks, so ``/healthz`` answers during
+start-up).
 
 Failures: a database error anywhere is reported to :class:`~outbox.runtime.health.Health`
 and retried with growing delays (the pool reconnects; every statement has
@@ -151,6 +152,7 @@ class Worker:
                     maintenance.run_reaper,
                 ):
                     services.start_soon(task)
+                services.start_soon(maintenance.run_transport_check, self.handler)
                 self.health.starting = False
                 log_event(
                     log,

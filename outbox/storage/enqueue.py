@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Awaitable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, overload
@@ -23,9 +22,15 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
-from outbox.primitives.constants import MAX_DELAY_SECONDS
+from outbox.primitives.constants import MAX_DELAY_SECONDS, MAX_KEY_BYTES
 from outbox.primitives.errors import InvalidMessageError, OutboxError
-from outbox.primitives.messages import NewMessage, Payload
+from outbox.primitives.messages import (
+    NewMessage,
+    Payload,
+    loads_as_worker,
+    payload_problem,
+    text_problem,
+)
 from outbox.storage.execution import SyncDB
 from outbox.storage.statements import ENQUEUE, SELECT_BY_DEDUPE_KEY
 
@@ -80,7 +85,12 @@ def enqueue(
     returned. A concurrent transaction inserting the same key makes this call wait for it.
 
     Raises :class:`~outbox.primitives.errors.InvalidMessageError` for bad input before touching the
-    database. Never commits.
+    database, so the caller's transaction stays usable: anything PostgreSQL cannot store
+    (NUL, a lone surrogate, a ``key``/``dedupe_key`` over
+    :data:`~outbox.primitives.constants.MAX_KEY_BYTES` UTF-8 bytes) and any payload a worker
+    could not read back (nested deeper than
+    :data:`~outbox.primitives.constants.MAX_PAYLOAD_DEPTH`, NaN or infinities, integers of
+    more than :data:`~outbox.primitives.constants.MAX_INT_DIGITS` digits). Never commits.
     """
     ids = _enqueue(db, [NewMessage(type, payload, key, delay, available_at, dedupe_key)])
     return ids[0] if isinstance(ids, list) else _first(ids)
@@ -213,41 +223,60 @@ def _check_type(where: str, value: object) -> str:
             f"{where}: type {value[:40]!r} must be at most {MAX_TYPE_LENGTH} characters, "
             "without NUL or surrounding whitespace"
         )
+    problem = text_problem(value)  # 255 characters are at most 1,020 bytes: no byte bound
+    if problem:
+        raise InvalidMessageError(f"{where}: type {value[:40]!r} contains {problem}")
     return value
 
 
 def _check_text(where: str, name: str, value: object) -> str | None:
+    """A ``key`` or ``dedupe_key``: storable text, bounded in bytes as an index bounds it."""
     if value is None:
         return None
     if not isinstance(value, str) or "\x00" in value:
         raise InvalidMessageError(f"{where}: {name} must be a string without NUL, or None")
+    problem = text_problem(value)
+    if problem:
+        raise InvalidMessageError(f"{where}: {name} {value[:40]!r} contains {problem}")
+    size = len(value) if value.isascii() else len(value.encode("utf-8"))
+    if size > MAX_KEY_BYTES:
+        raise InvalidMessageError(
+            f"{where}: {name} is {size} bytes in UTF-8, over the limit of {MAX_KEY_BYTES} "
+            "bytes (PostgreSQL indexes it)"
+        )
     return value
 
 
-# A NUL character as json escapes it: backslash-u0000 after an even number of other
-# backslashes (after an odd number it is an escaped backslash, then the text "u0000").
-_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-
-
 def _payload_json(where: str, payload: object) -> str:
+    """The payload as JSON text, once it is sure a worker can decode what PostgreSQL stores.
+
+    A dict is walked first (bounded, without recursion), so ``json.dumps`` never meets
+    what it cannot encode or a worker cannot decode; a model's JSON is decoded back as a
+    worker would, then walked.
+    """
     try:
         if isinstance(payload, BaseModel):
             text = payload.model_dump_json()
+            try:
+                problem = payload_problem(loads_as_worker(text))
+            except ValueError as exc:
+                raise InvalidMessageError(f"{where}: payload {exc}") from None
         elif isinstance(payload, dict):
-            text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+            problem = payload_problem(payload)
+            text = "" if problem else json.dumps(payload, allow_nan=False, separators=(",", ":"))
         else:
             kind = type(payload).__name__
             raise InvalidMessageError(
                 f"{where}: payload must be a dict or a pydantic model, not {kind}"
             )
-    except (TypeError, ValueError, PydanticSerializationError) as exc:
+    except (TypeError, ValueError, RecursionError, PydanticSerializationError) as exc:
         if isinstance(exc, InvalidMessageError):
             raise
         raise InvalidMessageError(f"{where}: payload is not JSON-serialisable: {exc}") from exc
+    if problem:
+        raise InvalidMessageError(f"{where}: payload {problem}")
     if not text.startswith("{"):
         raise InvalidMessageError(f"{where}: payload must serialise to a JSON object")
-    if "\\u0000" in text and _ESCAPED_NUL.search(text):  # substring test first: it is cheap
-        raise InvalidMessageError(f"{where}: payload contains NUL, which jsonb cannot store")
     return text
 
 
