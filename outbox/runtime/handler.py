@@ -87,7 +87,8 @@ class Handler(Protocol):
     name: str
 
     async def check(self) -> None:
-        """Raise if a dependency is unreachable (called with retries at start-up)."""
+        """Raise if a dependency is unreachable: called with retries at start-up, and while
+        idle every ``TRANSPORT_CHECK_SECONDS`` (bounded by ``HANDLER_TIMEOUT_SECONDS``)."""
 
     async def handle_batch(self, messages: Sequence[ClaimedMessage]) -> Sequence[Outcome]: ...
 

@@ -30,10 +30,18 @@ opposed to rejecting a statement: no connection, a dropped one, a server shuttin
 
 def is_unreachable(exc: BaseException) -> bool:
     """True when ``exc`` means PostgreSQL is unreachable now (see :data:`UNREACHABLE_ERRORS`);
-    not for asyncpg's configuration errors (a bad SSL setting, say), which no retry mends."""
-    if isinstance(exc, asyncpg.ClientConfigurationError):
+    not for asyncpg's configuration errors (a bad SSL setting, say, or :func:`refused_ssl`),
+    which no retry mends."""
+    if isinstance(exc, asyncpg.ClientConfigurationError) or refused_ssl(exc):
         return False
     return isinstance(exc, UNREACHABLE_ERRORS)
+
+
+def refused_ssl(exc: BaseException) -> bool:
+    """True when a server without SSL answered a URL that requires it (``sslmode=require``
+    and stricter): asyncpg raises a plain ``ConnectionError`` saying it "rejected SSL
+    upgrade". A setting to change, not an outage."""
+    return isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc)
 
 
 async def _set_codecs(conn: Any) -> None:
