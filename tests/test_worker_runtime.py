@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import (
@@ -25,6 +25,7 @@ from outbox import (
     PerMessage,
     Retry,
     RetryLaterError,
+    StartupError,
     TransportUnavailable,
     claim_batch,
     enqueue_many,
@@ -546,3 +547,21 @@ async def test_an_idle_worker_checks_its_transport_for_readiness(database_url: s
         await readiness_becomes(None)
         checks = handler.checks
     assert checks >= 4
+
+
+async def test_a_url_requiring_ssl_from_a_server_without_it_fails_start_up_at_once(
+    database_url: str,
+) -> None:
+    """A setting no retry mends: StartupError now, not after STARTUP_TIMEOUT_SECONDS."""
+    url = make_url(database_url).update_query_dict({"sslmode": "require"})
+    worker = Worker(
+        Recorder(deliver),
+        settings(url.render_as_string(hide_password=False), startup_timeout_seconds=60),
+    )
+    started = time.monotonic()
+    with pytest.raises(ExceptionGroup) as raised:  # raised inside the worker's task group
+        await worker.run()
+    (error,) = raised.value.exceptions
+    assert isinstance(error, StartupError), error
+    assert "rejected SSL upgrade" in str(error) and "check DATABASE_URL" in str(error)
+    assert time.monotonic() - started < 10

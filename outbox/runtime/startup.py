@@ -22,6 +22,7 @@ from outbox.primitives.urls import redacted_url
 from outbox.runtime.handler import Handler
 from outbox.runtime.metrics import WorkerMetrics, serve_http
 from outbox.runtime.settings import WorkerSettings
+from outbox.storage.pool import refused_ssl
 
 __all__ = ["check_dependencies", "start_metrics_server"]
 
@@ -49,6 +50,8 @@ async def check_dependencies(db: asyncpg.Pool, settings: WorkerSettings, handler
     """Wait until the outbox table answers and ``handler.check()`` passes."""
     deadline = time.monotonic() + settings.startup_timeout_seconds
 
+    database = f"PostgreSQL at {redacted_url(settings.database_url)}"
+
     async def check_database() -> None:
         try:
             await db.fetch("SELECT 1 FROM outbox LIMIT 0")
@@ -56,19 +59,26 @@ async def check_dependencies(db: asyncpg.Pool, settings: WorkerSettings, handler
             raise RuntimeError(
                 "table outbox does not exist: run the migrations (alembic upgrade heads)"
             ) from exc
+        except (asyncpg.ClientConfigurationError, ConnectionError) as exc:
+            if isinstance(exc, ConnectionError) and not refused_ssl(exc):
+                raise
+            # DATABASE_URL asks for what this client or server cannot do: no retry mends it.
+            raise StartupError(f"{database}: {error_text(exc)} (check DATABASE_URL)") from exc
 
-    database = f"PostgreSQL at {redacted_url(settings.database_url)}"
     await _retry_until(deadline, database, check_database)
     await _retry_until(deadline, handler.name, handler.check)
 
 
 async def _retry_until(deadline: float, what: str, check: Callable[[], Awaitable[None]]) -> None:
-    """Run ``check`` until it passes; past ``deadline``, raise :class:`StartupError`."""
+    """Run ``check`` until it passes; past ``deadline``, raise :class:`StartupError` (at once
+    when ``check`` raises one)."""
     delays = GrowingDelay(0.2, 5.0)
     while True:
         try:
             await check()
             return
+        except StartupError:
+            raise
         except Exception as exc:
             delay = delays.next()
             if time.monotonic() + delay > deadline:
