@@ -2,8 +2,9 @@
 #
 # One image for every process of pg-outbox-relay: both workers, the reference sidecar and
 # the migration step, so it installs the extras of all of them: [chat] (redis, orjson),
-# [document] (httpx), both with [worker] (prometheus-client), and [sidecar] (fastapi,
-# uvicorn, pypdf); `outbox migrate` needs only the base install. The service is chosen by
+# [document] (httpx), both with [worker] (prometheus-client), [sidecar] (fastapi,
+# uvicorn, pypdf) and [dashboard] (starlette, uvicorn, jinja2); `outbox migrate` needs only
+# the base install. The service is chosen by
 # the command (all are console scripts on PATH):
 #
 #   outbox migrate --documents   one-shot: migrate the outbox and the reference documents
@@ -14,6 +15,9 @@
 #                                needs DATABASE_URL, SIDECAR_BASE_URL, SIDECAR_TOKEN
 #   outbox-sidecar               the reference preprocessing sidecar (FastAPI, port 8000)
 #                                needs DATABASE_URL, SIDECAR_TOKEN, SIDECAR_HOST=0.0.0.0
+#   outbox dashboard --host 0.0.0.0 --port 8080
+#                                the operators' web dashboard; needs DATABASE_URL, and
+#                                DASHBOARD_TOKEN to allow changes
 #
 #   docker build -t pg-outbox-relay .
 #   docker run --rm -e DATABASE_URL=postgresql://app:secret@db:5432/app \
@@ -45,7 +49,7 @@ COPY outbox/ outbox/
 COPY workers/ workers/
 COPY sidecar/ sidecar/
 
-RUN pip wheel --wheel-dir /wheels ".[chat,document,sidecar]" \
+RUN pip wheel --wheel-dir /wheels ".[chat,document,sidecar,dashboard]" \
     && ls /wheels/pg_outbox_relay-*.whl
 
 # --- runtime: no sources, no build tools, no dev dependencies ------------------------------
@@ -64,19 +68,19 @@ ENV PYTHONUNBUFFERED=1 \
 # Installed as root into the system site-packages (read-only for the app user); the wheels
 # are bind-mounted from the builder, so they never become a layer of this image.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels "pg-outbox-relay[chat,document,sidecar]" \
+    pip install --no-index --find-links=/wheels "pg-outbox-relay[chat,document,sidecar,dashboard]" \
     && groupadd --system --gid 10001 outbox \
     && useradd --system --uid 10001 --gid outbox --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin outbox \
     && python -c "from outbox.storage.migrate import migrations_dir as d; \
 assert sorted((d() / 'versions').glob('*.py')) and sorted((d() / 'documents').glob('*.py'))" \
-    && python -c "import workers.chat, workers.document, sidecar.app"
+    && python -c "import workers.chat, workers.document, sidecar.app, outbox.dashboard.server"
 
 WORKDIR /app
 USER 10001:10001
 
-# 8000: outbox-sidecar (SIDECAR_PORT); 9000: a worker's /metrics /healthz /readyz when
-# METRICS_PORT=9000 (off unless set).
-EXPOSE 8000 9000
+# 8000: outbox-sidecar (SIDECAR_PORT); 8080: outbox dashboard; 9000: a worker's /metrics
+# /healthz /readyz when METRICS_PORT=9000 (off unless set).
+EXPOSE 8000 8080 9000
 
 CMD ["outbox-chat-worker"]

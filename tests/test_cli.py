@@ -26,12 +26,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devservers import free_port
-from outbox.cli.durations import format_duration, parse_duration
 from outbox.cli.exits import IN_FLIGHT
 from outbox.cli.render import messages
+from outbox.primitives.durations import format_duration, parse_duration
 from outbox.primitives.prefixes import type_ranges
 from outbox.primitives.urls import libpq_dsn
 from outbox.storage import statements as sql
+from tests.conftest import query
 from tests.test_query_plans import plan, rows_read, scans
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,16 +192,47 @@ def test_no_outbox_table_exits_4_until_migrate_creates_it(empty_database: str) -
     assert ran.err.startswith("outbox: no outbox table in postgresql://")
     assert ran.err.endswith(": run `outbox migrate` first\n")
 
-    assert cli(empty_database, "migrate") == Ran(0, "migrated: outbox_0003 (head)\n", "")
+    assert cli(empty_database, "migrate") == Ran(0, "migrated: outbox_0004 (head)\n", "")
     assert cli(empty_database, "migrate", "--documents") == Ran(
-        0, "migrated: documents_0001 (head), outbox_0003 (head)\n", ""
+        0, "migrated: documents_0002 (head), outbox_0004 (head)\n", ""
     )
     with psycopg.connect(libpq_dsn(empty_database)) as conn:
         tables = {
             r[0]
             for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         }
-    assert tables == {"outbox", "outbox_alembic_version", "documents", "document_chunks"}
+    assert tables == {
+        "outbox",
+        "outbox_audit",
+        "outbox_alembic_version",
+        "documents",
+        "document_chunks",
+    }
+
+
+def test_a_non_utf8_type_prefix_is_a_usage_error(database_url: str) -> None:
+    prefix = os.fsdecode(b"doc\xff.")  # the bytes as Python receives them (surrogateescape)
+    for ran in cli_many(
+        database_url,
+        ["dead", "list", "--type-prefix", prefix],
+        ["dead", "retry", "--type-prefix", prefix, "--dry-run"],
+    ):
+        assert ran.code == 2, ran
+        assert "error: argument --type-prefix: b'doc\\xff.' is not UTF-8 text" in ran.err, ran
+
+
+def test_sslmode_require_against_a_server_without_ssl_is_a_setting_not_an_outage(
+    database_url: str,
+) -> None:
+    if query(database_url, "SHOW ssl") != [("off",)]:
+        pytest.skip("this PostgreSQL serves SSL")
+    url = make_url(database_url).update_query_dict({"sslmode": "require"})
+    ran = cli(url.render_as_string(hide_password=False), "stats")
+    assert ran.code == 2, ran
+    assert ran.err.startswith("outbox: cannot use PostgreSQL at "), ran.err
+    assert "the server does not support SSL, and the URL requires it (sslmode)" in ran.err
+    assert "a settings problem, not an outage" in ran.err
+    assert "cannot reach" not in ran.err
 
 
 # -- stats ---------------------------------------------------------------------------------
@@ -305,6 +337,39 @@ def test_dead_list_is_latest_death_first_and_filters_literally(
     assert header.split() == ["id", "type", "key", "attempts", "died", "error"]
     assert [int(line.split()[0]) for line in lines] == [twin, recent, middle]  # --limit 3
     assert lines[2].endswith("x" * 79 + "…")  # one line, cut
+
+
+def test_human_output_shows_control_characters_escaped_and_json_exact(
+    db: psycopg.Connection[Any], database_url: str
+) -> None:
+    evil_type = "evil\x1b]0;pwned\x07.sent"
+    evil_key = "room\x1b[2J\u202e"
+    evil_error = "boom\x1b]0;owned\x07\x1b[2J\x9b31m end"
+    id_ = add(db, evil_type, "dead", error=evil_error)
+    db.execute("UPDATE outbox SET key = %s WHERE id = %s", (evil_key, id_))
+    add(db, evil_type, "pending")
+
+    text, as_json, stats, stats_json, top = cli_many(
+        database_url,
+        ["dead", "list"],
+        ["dead", "list", "--json"],
+        ["stats"],
+        ["stats", "--json"],
+        ["top", "--iterations", "1"],
+    )
+    for ran in (text, as_json, stats, stats_json, top):
+        assert ran.code == 0, ran
+    for ran in (text, stats, top):
+        assert not any(c in ran.out for c in "\x1b\x07\x9b\u202e"), ran.out
+    row = text.out.splitlines()[1]
+    assert "evil\\x1b]0;pwned\\x07.sent" in row
+    assert "room\\x1b[2J\\u202e" in row
+    assert row.endswith("boom\\x1b]0;owned\\x07\\x1b[2J\\x9b31m end")
+    assert "evil\\x1b]0;pwned\\x07." in stats.out.splitlines()[1]
+    assert "| evil\\x1b]0;pwned\\x07. pending=1" in top.out
+    [listed] = json.loads(as_json.out)
+    assert (listed["type"], listed["key"], listed["error"]) == (evil_type, evil_key, evil_error)
+    assert list(json.loads(stats_json.out)["by_prefix"]) == ["evil\x1b]0;pwned\x07."]
 
 
 # -- dead retry ----------------------------------------------------------------------------

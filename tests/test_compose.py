@@ -38,10 +38,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 WORKERS = ("outbox-worker", "outbox-worker-document")
-APP_SERVICES = ("migrate", "sidecar", *WORKERS)  # the services run from our image
+APP_SERVICES = ("migrate", "sidecar", "dashboard", *WORKERS)  # run from our image
 SERVICES = {"postgres", "redis", *APP_SERVICES}
 LONG_RUNNING = SERVICES - {"migrate"}
-PUBLISHING = {"postgres", "redis", "sidecar"}  # the only ones with host ports
+PUBLISHING = {"postgres", "redis", "sidecar", "dashboard"}  # the only ones with host ports
 
 SETTINGS: dict[str, type[BaseSettings]] = {
     "outbox-worker": ChatSettings,
@@ -55,6 +55,7 @@ START_ORDER = {
     "redis": {},
     "migrate": {"postgres": "service_healthy"},
     "sidecar": {"migrate": "service_completed_successfully"},
+    "dashboard": {"migrate": "service_completed_successfully"},
     "outbox-worker": {"migrate": "service_completed_successfully", "redis": "service_healthy"},
     "outbox-worker-document": {
         "migrate": "service_completed_successfully",
@@ -142,7 +143,7 @@ def test_docker_compose_validates_the_file_offline() -> None:
 # --- (2) structure ----------------------------------------------------------------------------
 
 
-def test_the_six_services_and_nothing_pins_a_container_name() -> None:
+def test_the_seven_services_and_nothing_pins_a_container_name() -> None:
     assert set(compose()["services"]) == SERVICES
 
     def keys(node: object) -> set[str]:
@@ -195,7 +196,7 @@ def test_each_app_service_runs_a_declared_console_script_of_the_one_image(name: 
     assert service(name).get("ports") is None or name in PUBLISHING
 
 
-def test_only_postgres_redis_and_the_sidecar_publish_ports_on_loopback() -> None:
+def test_only_postgres_redis_the_sidecar_and_the_dashboard_publish_ports_on_loopback() -> None:
     for name in SERVICES:
         ports = service(name).get("ports")
         if name not in PUBLISHING:
@@ -406,12 +407,23 @@ def installed_extras(stage: list[tuple[str, str]], requirement: str) -> set[str]
     return {extra.strip() for group in found for extra in group.split(",")}
 
 
+# The extra an ``outbox`` subcommand needs on top of the base install (the others: none).
+EXTRA_OF_SUBCOMMAND = {"dashboard": "dashboard"}
+
+
+def extra_of(command: list[str]) -> str | None:
+    """The extra a service's command needs (a console script, or ``outbox <subcommand>``)."""
+    if command[0] == "outbox" and len(command) > 1:
+        return EXTRA_OF_SUBCOMMAND.get(command[1])
+    return EXTRA_OF_SCRIPT[command[0]]
+
+
 def test_the_image_has_the_extra_of_every_process_it_runs() -> None:
     assert set(console_scripts()) == set(EXTRA_OF_SCRIPT), "which extra does a new script need?"
-    commands = [service(name)["command"][0] for name in APP_SERVICES]
-    commands += [exec_form(a)[0] for k, a in stages()[-1] if k == "CMD"]
-    needed = {EXTRA_OF_SCRIPT[command] for command in commands} - {None}
-    assert needed == {"chat", "document", "sidecar"}
+    commands = [service(name)["command"] for name in APP_SERVICES]
+    commands += [exec_form(a) for k, a in stages()[-1] if k == "CMD"]
+    needed = {extra_of(command) for command in commands} - {None}
+    assert needed == {"chat", "document", "sidecar", "dashboard"}
     installed = installed_extras(stages()[-1], "pg-outbox-relay")
     assert needed <= installed
     assert installed_extras(stages()[0], '".') == installed, "the builder wheels the same"

@@ -39,7 +39,7 @@ def indexes(url: str) -> set[str]:
 
 def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
     upgrade(empty_database)
-    assert tables(empty_database) == {"outbox", VERSION_TABLE}
+    assert tables(empty_database) == {"outbox", "outbox_audit", VERSION_TABLE}
     assert indexes(empty_database) == {
         "outbox_pkey",
         "ix_outbox_claimable",
@@ -52,7 +52,7 @@ def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
     downgrade(empty_database)
     assert tables(empty_database) == {VERSION_TABLE}
     upgrade(empty_database)
-    assert tables(empty_database) == {"outbox", VERSION_TABLE}
+    assert tables(empty_database) == {"outbox", "outbox_audit", VERSION_TABLE}
 
 
 def test_upgrading_to_dead_at_stamps_the_dead_rows_already_there(empty_database: str) -> None:
@@ -99,7 +99,7 @@ def test_migrations_run_inside_a_transaction_the_caller_began(empty_database: st
         engine.dispose()
     assert "ix_outbox_dead_at" in indexes(empty_database)
     assert names(empty_database, "SELECT version_num FROM outbox_alembic_version") == {
-        "outbox_0003"
+        "outbox_0004"
     }
 
 
@@ -192,23 +192,35 @@ def test_standalone_alembic_cli_uses_plain_database_url(empty_database: str) -> 
         return done
 
     run("upgrade", "outbox@head")
-    assert tables(empty_database) == {"outbox", VERSION_TABLE}
+    assert tables(empty_database) == {"outbox", "outbox_audit", VERSION_TABLE}
     run("upgrade", "heads")
-    assert tables(empty_database) == {"outbox", "documents", "document_chunks", VERSION_TABLE}
+    assert tables(empty_database) == {
+        "outbox",
+        "outbox_audit",
+        "documents",
+        "document_chunks",
+        VERSION_TABLE,
+    }
     current = run("current").stdout
-    assert "outbox_0003 (head)" in current and "documents_0002 (head)" in current
+    assert "outbox_0004 (head)" in current and "documents_0002 (head)" in current
     run("downgrade", "documents@base")
-    assert tables(empty_database) == {"outbox", VERSION_TABLE}
+    assert tables(empty_database) == {"outbox", "outbox_audit", VERSION_TABLE}
 
 
 def test_the_documents_branch_runs_only_when_asked_for(empty_database: str) -> None:
     upgrade(empty_database)
-    assert tables(empty_database) == {"outbox", VERSION_TABLE}
+    assert tables(empty_database) == {"outbox", "outbox_audit", VERSION_TABLE}
     upgrade(empty_database, documents=True)
-    assert tables(empty_database) == {"outbox", "documents", "document_chunks", VERSION_TABLE}
+    assert tables(empty_database) == {
+        "outbox",
+        "outbox_audit",
+        "documents",
+        "document_chunks",
+        VERSION_TABLE,
+    }
     upgrade(empty_database)  # a deploy step that migrates the outbox still works
     downgrade(empty_database, "documents@base")
-    assert tables(empty_database) == {"outbox", VERSION_TABLE}
+    assert tables(empty_database) == {"outbox", "outbox_audit", VERSION_TABLE}
     upgrade(empty_database, documents=True)
     downgrade(empty_database)
     assert tables(empty_database) == {VERSION_TABLE}
@@ -279,6 +291,6 @@ def test_host_application_alembic_runs_the_outbox_branch(
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    assert tables(empty_database) == {"alembic_version", "messages", "outbox"}
+    assert tables(empty_database) == {"alembic_version", "messages", "outbox", "outbox_audit"}
     heads = names(empty_database, "SELECT version_num FROM alembic_version")
-    assert heads == {"host_0001", "outbox_0003"}
+    assert heads == {"host_0001", "outbox_0004"}

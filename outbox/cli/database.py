@@ -19,7 +19,7 @@ from outbox.cli.exits import EXIT_NO_TABLE, EXIT_UNREACHABLE, EXIT_USAGE, Comman
 from outbox.primitives.errors import ConfigurationError
 from outbox.primitives.urls import libpq_dsn, redacted_url
 from outbox.storage.admin import outbox_table_exists
-from outbox.storage.pool import connect, is_unreachable
+from outbox.storage.pool import connect, is_unreachable, refused_ssl
 
 __all__ = ["Target", "connected", "explain_failure", "target_of"]
 
@@ -86,9 +86,17 @@ def explain_failure(exc: BaseException, target: Target) -> CommandError | None:
 
     Unreachable (refused, timed out, connection lost; also when wrapped by SQLAlchemy or
     Alembic) is 3; a missing outbox table is 4; a server that rejects the login or does not
-    know the database is a bad setting, 2.
+    know the database, or has no SSL for a URL that requires it, is a bad setting, 2.
     """
     for cause in _chain(exc):
+        if refused_ssl(cause):
+            return CommandError(
+                EXIT_USAGE,
+                f"cannot use PostgreSQL at {target.redacted}: the server does not support SSL,"
+                " and the URL requires it (sslmode): a settings problem, not an outage; use"
+                " sslmode=prefer or disable, or enable SSL on the server"
+                " (check DATABASE_URL / --database-url)",
+            )
         if is_unreachable(cause):
             reason = str(cause) or type(cause).__name__
             return CommandError(

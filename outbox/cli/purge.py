@@ -6,9 +6,9 @@ import argparse
 import asyncio
 
 from outbox.cli.database import connected, target_of
-from outbox.cli.durations import format_duration
 from outbox.cli.exits import EXIT_INTERRUPTED, EXIT_OK, IN_FLIGHT, CommandError
 from outbox.cli.render import Progress, json_text, messages
+from outbox.primitives.durations import format_duration
 from outbox.storage.admin import PurgeTarget, purge
 
 __all__ = ["run"]

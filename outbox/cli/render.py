@@ -1,9 +1,16 @@
-"""Text and JSON output: aligned tables, ages, timestamps, one-line texts, progress."""
+"""Text and JSON output: aligned tables, ages, timestamps, one-line texts, progress.
+
+Every text that comes from the database or a server (types, keys, errors, prefixes) and is
+shown to a person passes through :func:`printable`, so that no stored text can move the
+cursor, retitle or clear the operator's terminal. JSON output is exact: ``json_text`` escapes
+control characters as JSON does, and nothing else.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import IO
@@ -17,6 +24,7 @@ __all__ = [
     "json_text",
     "messages",
     "one_line",
+    "printable",
     "table",
 ]
 
@@ -53,7 +61,32 @@ def _cell(value: Cell) -> str:
         return "-"
     if isinstance(value, float):
         return format_rate(value)
-    return str(value)
+    return printable(str(value))
+
+
+# Control characters (C0, DEL, C1), format characters (bidirectional overrides, zero-width),
+# line and paragraph separators, and surrogates (undecodable bytes from the command line).
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal could act on shown as an escape.
+
+    ESC becomes ``\\x1b``, a newline ``\\n``, U+202E ``\\u202e``: visible, one line, and
+    inert. Other text, backslashes included, is unchanged.
+    """
+    if text.isprintable():  # the usual case, decided in C
+        return text
+    return "".join(_escape(c) if unicodedata.category(c) in _UNPRINTABLE else c for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in "\n\r\t":
+        return repr(char)[1:-1]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def format_rate(value: float | None) -> str:
@@ -79,10 +112,11 @@ def format_time(moment: datetime) -> str:
 
 
 def one_line(text: str | None, width: int = 80) -> str:
-    """``text`` on one line (whitespace runs become one space), cut to ``width`` with ``…``."""
+    """``text`` on one line (whitespace runs become one space), :func:`printable`, cut to
+    ``width`` with ``…``."""
     if text is None:
         return "-"
-    flat = " ".join(text.split())
+    flat = printable(" ".join(text.split()))
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 

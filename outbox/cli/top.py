@@ -16,7 +16,7 @@ from datetime import datetime
 
 from outbox.cli.database import Target, connected, target_of
 from outbox.cli.exits import EXIT_OK
-from outbox.cli.render import format_age, format_rate, format_time, json_text, table
+from outbox.cli.render import format_age, format_rate, format_time, json_text, printable, table
 from outbox.storage.admin import LiveSample, live_sample
 
 __all__ = ["as_json", "as_line", "as_screen", "run"]
@@ -104,7 +104,7 @@ def as_line(sample: LiveSample) -> str:
     ]
     for prefix, p in sample.by_prefix.items():
         fields.append(
-            f"| {prefix} pending={p.pending} in_progress={p.in_progress}"
+            f"| {printable(prefix)} pending={p.pending} in_progress={p.in_progress}"
             f" published/s={format_rate(p.published_per_second)}"
         )
     return " ".join(fields)
@@ -112,7 +112,8 @@ def as_line(sample: LiveSample) -> str:
 
 def as_screen(sample: LiveSample, where: str, interval: float) -> list[str]:
     """The full-screen view: a header, the totals, and a table per type prefix."""
-    header = f"outbox top  {where}  {_clock(sample.taken_at)}  every {interval:g} s  Ctrl-C to quit"
+    when = _clock(sample.taken_at)
+    header = f"outbox top  {printable(where)}  {when}  every {interval:g} s  Ctrl-C to quit"
     headers = ["pending", "in_progress", "dead", "oldest claimable", "enqueued/s"]
     headers += ["published/s", "dead/s", "lag p50", "lag p99"]
     totals = table(

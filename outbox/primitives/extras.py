@@ -30,6 +30,7 @@ EXTRAS: Final = {
     "chat": "the chat worker",
     "document": "the document worker",
     "sidecar": "the reference sidecar",
+    "dashboard": "the web dashboard",
 }
 """Each extra of the distribution that code checks for, and what needs it."""
 

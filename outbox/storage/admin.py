@@ -14,6 +14,7 @@ how long ago it was published (``published_at``).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,23 +25,29 @@ from typing import Any
 from outbox.primitives.errors import InvalidArgumentError
 from outbox.primitives.prefixes import TypeRange, type_ranges
 from outbox.storage import statements as sql
+from outbox.storage.audit import Audit
 from outbox.storage.claims import checked_now
 from outbox.storage.execution import AsyncDB, execute_alone, fetch_all
 from outbox.storage.schema import OUTBOX_TABLE_NAME, Status
 
 __all__ = [
+    "Audit",
     "DeadFilter",
     "DeadMessage",
     "LiveSample",
+    "MessageDetail",
     "PrefixSample",
     "PurgeTarget",
     "RetryResult",
+    "count_dead",
     "database_now",
+    "find_message",
     "list_dead",
     "live_sample",
     "migrated_revisions",
     "outbox_table_exists",
     "purge",
+    "purge_dead",
     "retry_dead",
 ]
 
@@ -89,18 +96,49 @@ class DeadFilter:
     """Which dead rows an operation selects; the fields given combine with AND.
 
     ``ids``: only these rows. ``type_prefix``: types starting with it, literally (``_`` and
-    ``%`` match only themselves). ``older_than`` / ``newer_than``: died (``dead_at``) before
-    / after ``now`` minus that much. An empty filter selects every dead row.
+    ``%`` match only themselves). ``key``: this ordering key exactly. ``error_contains``:
+    the last error contains this text, literally and ignoring case. ``older_than`` /
+    ``newer_than``: died (``dead_at``) before / after ``now`` minus that much. An empty
+    filter selects every dead row.
     """
 
     ids: tuple[int, ...] | None = None
     type_prefix: str | None = None
     older_than: timedelta | None = None
     newer_than: timedelta | None = None
+    key: str | None = None
+    error_contains: str | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether the filter selects every dead row."""
+        return self == DeadFilter()
+
+    def describe(self) -> dict[str, Any]:
+        """The selectors given, as JSON-ready values (what the audit trail records)."""
+        described: dict[str, Any] = {}
+        if self.ids is not None:
+            described["ids"] = list(self.ids)
+        for name in ("type_prefix", "key", "error_contains"):
+            if getattr(self, name) is not None:
+                described[name] = getattr(self, name)
+        for name in ("older_than", "newer_than"):
+            age: timedelta | None = getattr(self, name)
+            if age is not None:
+                described[f"{name}_seconds"] = age.total_seconds()
+        return described
 
     def _ranges(self) -> tuple[TypeRange, ...] | None:
         ranges = type_ranges(self.type_prefix, None)
         return None if ranges is None else tuple(ranges)
+
+    def _selector(self) -> sql.DeadSelector:
+        return (
+            self.ids is not None,
+            self._ranges(),
+            self.key is not None,
+            self.error_contains is not None,
+        )
 
     def _params(self, now: datetime) -> dict[str, Any]:
         for name, age in (("older_than", self.older_than), ("newer_than", self.newer_than)):
@@ -108,7 +146,17 @@ class DeadFilter:
                 raise InvalidArgumentError(f"{name} must not be negative, got {age}")
         if self.ids is not None and any(isinstance(i, bool) or i < 1 for i in self.ids):
             raise InvalidArgumentError("ids must be positive integers")
+        for name in ("key", "error_contains"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or "\x00" in value):
+                raise InvalidArgumentError(f"{name} must be text without NUL")
+        if self.error_contains == "":
+            raise InvalidArgumentError("error_contains must not be empty")
         return {
+            "dead_key": self.key,
+            "error_pattern": (
+                None if self.error_contains is None else _contains(self.error_contains)
+            ),
             "ids": None if self.ids is None else list(self.ids),
             "died_before": None if self.older_than is None else now - self.older_than,
             "died_after": None if self.newer_than is None else now - self.newer_than,
@@ -135,9 +183,22 @@ async def list_dead(
     descending). Read-only."""
     _check_batch("limit", limit)
     reference = await database_now(db, now=now)
-    statement = sql.dead_newest_first(selection.ids is not None, selection._ranges())
+    statement = sql.selected_dead_newest_first(selection._selector())
     rows = await fetch_all(db, statement, {**selection._params(reference), "limit": limit})
     return [DeadMessage(*row) for row in rows]
+
+
+async def count_dead(db: AsyncDB, selection: DeadFilter, *, now: datetime | None = None) -> int:
+    """How many dead rows ``selection`` names now (what a confirmation shows). Read-only."""
+    reference = await database_now(db, now=now)
+    statement = sql.count_selected_dead(selection._selector())
+    return int((await fetch_all(db, statement, selection._params(reference)))[0][0])
+
+
+def _contains(text: str) -> str:
+    """An ILIKE pattern (escape ``\\``) matching ``text`` literally anywhere."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 @dataclass(frozen=True)
@@ -163,6 +224,7 @@ async def retry_dead(
     now: datetime | None = None,
     on_batch: BatchCallback | None = None,
     analyze_after: int | None = ANALYZE_AFTER,
+    audit: Audit | None = None,
 ) -> RetryResult:
     """Selected dead rows -> ``pending``, due now, ``attempts = 0``, lease cleared; ``error``
     keeps the last reason. An empty ``selection`` retries every dead row.
@@ -179,14 +241,22 @@ async def retry_dead(
     (another domain's claims included) until autovacuum analyzes the table. ``ANALYZE``
     samples the table and blocks neither reads nor writes; a role that does not own the
     table gets a warning, not an error.
+
+    ``audit``: each batch also writes an ``outbox_audit`` row (action ``retry``) in the same
+    statement (see :mod:`outbox.storage.audit`); a dry run writes none.
     """
     _check_batch("batch_size", batch_size)
     reference = await database_now(db, now=now)
     params = selection._params(reference)
     if params["died_before"] is None or params["died_before"] > reference:
         params["died_before"] = reference
-    by_id, ranges = selection.ids is not None, selection._ranges()
-    statement = sql.dead_batch(by_id, ranges) if dry_run else sql.retry_dead_batch(by_id, ranges)
+    selector = selection._selector()
+    if dry_run:
+        statement = sql.selected_dead_batch(selector)
+    else:
+        statement = sql.retry_selected_dead_batch(selector, audit is not None)
+        if audit is not None:
+            params |= audit.params("retry", selection.describe())
     named = frozenset(selection.ids or ())
     retried_named: set[int] = set()
 
@@ -263,6 +333,82 @@ async def purge(
         return int((await fetch_all(db, count, {"cutoff": cutoff}))[0][0])
     statement = sql.PURGE_PUBLISHED if published else sql.PURGE_DEAD
     return await _walk(db, statement, {"cutoff": cutoff}, batch_size, on_batch)
+
+
+async def purge_dead(
+    db: AsyncDB,
+    selection: DeadFilter,
+    *,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    on_batch: BatchCallback | None = None,
+    audit: Audit | None = None,
+) -> int:
+    """Delete the selected dead rows; return how many (``dry_run``: how many would be,
+    deleting nothing). An empty ``selection`` deletes every dead row.
+
+    Batches as :func:`retry_dead`: each one statement on a keyset cursor over ``(dead_at,
+    id)``, skipping rows other transactions hold, and only rows that died before the call
+    started. ``audit``: each batch also writes an ``outbox_audit`` row (action ``purge``)
+    in the same statement.
+    """
+    _check_batch("batch_size", batch_size)
+    reference = await database_now(db, now=now)
+    if dry_run:
+        return await count_dead(db, selection, now=reference)
+    params = selection._params(reference)
+    if params["died_before"] is None or params["died_before"] > reference:
+        params["died_before"] = reference
+    if audit is not None:
+        params |= audit.params("purge", selection.describe())
+    statement = sql.purge_selected_dead_batch(selection._selector(), audit is not None)
+    return await _walk(db, statement, params, batch_size, on_batch)
+
+
+# -- one message ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MessageDetail:
+    """Every column of one row as an operator sees it (``payload`` as decoded JSON)."""
+
+    id: int
+    type: str
+    key: str | None
+    payload: Any
+    status: Status
+    attempts: int
+    next_attempt_at: datetime
+    locked_by: str | None
+    locked_until: datetime | None
+    error: str | None
+    created_at: datetime
+    published_at: datetime | None
+    dead_at: datetime | None
+    dedupe_key: str | None
+
+
+async def find_message(
+    db: AsyncDB, *, id: int | None = None, dedupe_key: str | None = None
+) -> MessageDetail | None:
+    """The row with this ``id`` or, else, this ``dedupe_key`` (give exactly one); ``None``
+    when there is none. One primary-key or unique-index probe; read-only."""
+    if (id is None) == (dedupe_key is None):
+        raise InvalidArgumentError("give exactly one of id and dedupe_key")
+    if id is not None:
+        if isinstance(id, bool) or not 1 <= id < 2**63:
+            raise InvalidArgumentError("id must be a positive 64-bit integer")
+        rows = await fetch_all(db, sql.MESSAGE_BY_ID, {"id": id})
+    else:
+        rows = await fetch_all(db, sql.MESSAGE_BY_DEDUPE_KEY, {"dedupe_key": dedupe_key})
+    if not rows:
+        return None
+    values = list(rows[0])
+    if isinstance(values[3], str):  # a handle without the JSON codecs
+        values[3] = json.loads(values[3])
+    values[4] = Status(values[4])
+    return MessageDetail(*values)
 
 
 async def _walk(

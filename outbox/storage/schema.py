@@ -45,7 +45,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
-__all__ = ["OUTBOX_TABLE_NAME", "Status", "metadata", "outbox_table"]
+__all__ = [
+    "AUDIT_TABLE_NAME",
+    "OUTBOX_TABLE_NAME",
+    "Status",
+    "audit_table",
+    "metadata",
+    "outbox_table",
+]
 
 OUTBOX_TABLE_NAME = "outbox"
 
@@ -127,3 +134,26 @@ Index(
     unique=True,
     postgresql_where=text("dedupe_key IS NOT NULL"),
 )
+
+# -- the operators' audit trail (migration outbox_0004) ----------------------------------------
+
+AUDIT_TABLE_NAME = "outbox_audit"
+
+audit_table = Table(
+    AUDIT_TABLE_NAME,
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    # The statement's time: every batch of one operation is stamped when it ran.
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    # One call (all its batches) shares an operation id.
+    Column("operation", UUID(as_uuid=True), nullable=False),
+    Column("selection", JSONB, nullable=False),
+    Column("rows_affected", Integer, nullable=False),
+    CheckConstraint("rows_affected >= 0", name="ck_outbox_audit_rows_nonnegative"),
+)
+"""One row per batch of an operator's change (retry or purge of dead rows), written by the
+statement that makes the change, so a change and its record commit or roll back together."""
+
+Index("ix_outbox_audit_at", audit_table.c.at)

@@ -733,3 +733,224 @@ LIVE_BY_PREFIX: CompoundSelect[Any] = union_all(
 )
 """``(type prefix, status, count)``: pending and in-progress rows, and rows published in
 ``(:since, :until]``, per prefix. Each part reads only its status's partial index."""
+
+# -- the dashboard and selections of dead rows (outbox.storage.admin, outbox.storage.overview)
+#
+# A selection of dead rows is the ``_dead`` range above, optionally narrowed by ``key``
+# (``:dead_key``, exact) and by error text (``:error_pattern``, an ILIKE pattern whose ``\``
+# escapes ``%`` and ``_``: admin builds it from the operator's literal text). Statements
+# are built once per :data:`DeadSelector` and cached. An audited change also inserts one
+# ``outbox_audit`` row (``:audit_actor``, ``:audit_action``, ``:audit_operation``,
+# ``:audit_selection`` as JSON text) in the same statement, counting the rows it changed;
+# a batch that changed nothing writes none.
+
+
+from outbox.storage.schema import audit_table  # noqa: E402
+
+DeadSelector = tuple[bool, tuple[TypeRange, ...] | None, bool, bool]
+"""``(by_id, type ranges or None, by_key, by_error)``: which selectors a statement binds."""
+
+
+def _selected_dead(selector: DeadSelector) -> list[ColumnElement[bool]]:
+    by_id, ranges, by_key, by_error = selector
+    conditions = _dead(by_id, ranges)
+    if by_key:
+        # Not named "key": an UPDATE takes parameters named like a column as SET values.
+        conditions.append(col.key == bindparam("dead_key", type_=Text))
+    if by_error:
+        pattern = bindparam("error_pattern", type_=Text)
+        conditions.append(col.error.ilike(pattern, escape="\\"))
+    return conditions
+
+
+def _audit(changed: CTE) -> CTE:
+    """Insert one audit row counting ``changed``'s rows, unless there are none."""
+    count = func.count()
+    return (
+        insert(audit_table)
+        .from_select(
+            ["actor", "action", "operation", "selection", "rows_affected"],
+            select(
+                bindparam("audit_actor", type_=Text),
+                bindparam("audit_action", type_=Text),
+                bindparam("audit_operation", type_=UUID(as_uuid=True)),
+                cast(bindparam("audit_selection", type_=Text), JSONB),
+                count,
+            )
+            .select_from(changed)
+            .having(count > 0),
+        )
+        .cte("audit")
+    )
+
+
+@lru_cache(maxsize=64)
+def selected_dead_newest_first(selector: DeadSelector) -> Select[Any]:
+    """Up to ``:limit`` selected dead rows, latest death first. Returns :data:`DEAD_COLUMNS`."""
+    return (
+        select(*DEAD_COLUMNS)
+        .where(*_selected_dead(selector))
+        .order_by(col.dead_at.desc(), col.id.desc())
+        .limit(_limit())
+    )
+
+
+@lru_cache(maxsize=64)
+def count_selected_dead(selector: DeadSelector) -> Select[Any]:
+    """How many dead rows the selection names (read on ``ix_outbox_dead_at``)."""
+    return select(func.count()).select_from(outbox_table).where(*_selected_dead(selector))
+
+
+@lru_cache(maxsize=64)
+def selected_dead_batch(selector: DeadSelector) -> Select[Any]:
+    """The next ``:limit`` selected dead rows after the cursor, unlocked and unchanged (a
+    dry run). Returns ``(id, dead_at)``, earliest death first."""
+    return _after_cursor(col.dead_at, *_selected_dead(selector))
+
+
+@lru_cache(maxsize=64)
+def retry_selected_dead_batch(selector: DeadSelector, audited: bool) -> Select[Any]:
+    """As :func:`retry_dead_batch`, for any selection, optionally audited (action and
+    count in ``outbox_audit``, same statement). Returns ``(id, dead_at)``."""
+    chosen = (
+        _after_cursor(col.dead_at, *_selected_dead(selector))
+        .with_for_update(skip_locked=True)
+        .cte("chosen")
+    )
+    retried = (
+        update(outbox_table)
+        .where(_chosen_ids(chosen))
+        .values(status=PENDING, attempts=0, next_attempt_at=CLOCK, **LEASE_ENDED)
+        .returning(col.id)
+        .cte("retried")
+    )
+    statement = select(chosen.c.id, chosen.c.dead_at).add_cte(retried)
+    return statement.add_cte(_audit(retried)) if audited else statement
+
+
+@lru_cache(maxsize=64)
+def purge_selected_dead_batch(selector: DeadSelector, audited: bool) -> Select[Any]:
+    """Delete the next ``:limit`` selected dead rows after the cursor, earliest death
+    first, skipping locked rows; optionally audited. Returns ``(id, dead_at)`` of the
+    deleted rows."""
+    chosen = (
+        _after_cursor(col.dead_at, *_selected_dead(selector))
+        .with_for_update(skip_locked=True)
+        .cte("chosen")
+    )
+    deleted = (
+        delete(outbox_table)
+        .where(_chosen_ids(chosen))
+        .returning(col.id, col.dead_at)
+        .cte("deleted")
+    )
+    statement = select(deleted.c.id, deleted.c.dead_at)
+    return statement.add_cte(_audit(deleted)) if audited else statement
+
+
+MESSAGE_COLUMNS = (
+    col.id,
+    col.type,
+    col.key,
+    col.payload,
+    col.status,
+    col.attempts,
+    col.next_attempt_at,
+    col.locked_by,
+    col.locked_until,
+    col.error,
+    col.created_at,
+    col.published_at,
+    col.dead_at,
+    col.dedupe_key,
+)
+
+MESSAGE_BY_ID: Select[Any] = select(*MESSAGE_COLUMNS).where(
+    col.id == bindparam("id", type_=BigInteger)
+)
+"""One row by primary key. Returns :data:`MESSAGE_COLUMNS`."""
+
+MESSAGE_BY_DEDUPE_KEY: Select[Any] = select(*MESSAGE_COLUMNS).where(
+    col.dedupe_key == bindparam("dedupe_key", type_=Text)
+)
+"""The row holding ``:dedupe_key`` (``uq_outbox_dedupe_key``). Returns :data:`MESSAGE_COLUMNS`."""
+
+_NO_TIME = cast(null(), _TIMESTAMP)
+
+
+def _per_type(status: Any, *conditions: ColumnElement[bool], due: Any = _NO_TIME) -> Select[Any]:
+    return (
+        select(col.type, status.label("status"), func.count().label("rows"), due.label("due"))
+        .where(*conditions)
+        .group_by(col.type)
+    )
+
+
+_per_type_counts = union_all(
+    _per_type(
+        PENDING,
+        col.status == PENDING,
+        due=func.min(col.next_attempt_at).filter(col.next_attempt_at <= CLOCK),
+    ),
+    _per_type(IN_PROGRESS, col.status == IN_PROGRESS),
+    _per_type(DEAD, col.status == DEAD),
+    _per_type(PUBLISHED, *_IN_WINDOW),
+).cte("per_type")
+
+_type_prefix = case(
+    (
+        func.strpos(_per_type_counts.c.type, ".") > 0,
+        func.split_part(_per_type_counts.c.type, ".", 1) + literal(".", Text),
+    ),
+    else_=_per_type_counts.c.type,
+).label("prefix")
+
+OVERVIEW_BY_PREFIX: Select[Any] = select(
+    _type_prefix,
+    _per_type_counts.c.status,
+    cast(func.sum(_per_type_counts.c.rows), BigInteger),
+    func.min(_per_type_counts.c.due),
+).group_by(_type_prefix, _per_type_counts.c.status)
+"""``(type prefix, status, count, earliest due time)`` per prefix: pending rows (with the
+earliest ``next_attempt_at`` already due at ``:now``), in-progress and dead rows, and rows
+published in ``(:since, :until]``. Each part reads only its status's partial index,
+grouped by type first (in index order for the pending rows: no per-row prefix work), then
+by prefix over the few types."""
+
+LEASE_HOLDERS: Select[Any] = (
+    select(col.locked_by, func.count(), func.min(col.locked_until), func.max(col.locked_until))
+    .where(col.status == IN_PROGRESS)
+    .group_by(col.locked_by)
+    .order_by(col.locked_by)
+)
+"""``(worker id, rows held, earliest lease end, latest lease end)`` per lease holder
+(``ix_outbox_lease``)."""
+
+AUDIT_COLUMNS = (
+    audit_table.c.id,
+    audit_table.c.at,
+    audit_table.c.actor,
+    audit_table.c.action,
+    audit_table.c.operation,
+    audit_table.c.selection,
+    audit_table.c.rows_affected,
+)
+
+RECENT_AUDIT: Select[Any] = select(*AUDIT_COLUMNS).order_by(audit_table.c.id.desc()).limit(_limit())
+"""The latest ``:limit`` audit rows, newest first. Returns :data:`AUDIT_COLUMNS`."""
+
+__all__ += [
+    "AUDIT_COLUMNS",
+    "LEASE_HOLDERS",
+    "MESSAGE_BY_DEDUPE_KEY",
+    "MESSAGE_BY_ID",
+    "MESSAGE_COLUMNS",
+    "OVERVIEW_BY_PREFIX",
+    "RECENT_AUDIT",
+    "DeadSelector",
+    "count_selected_dead",
+    "purge_selected_dead_batch",
+    "retry_selected_dead_batch",
+    "selected_dead_batch",
+    "selected_dead_newest_first",
+]
