@@ -31,6 +31,10 @@ REDIS_URL if it answers, else a throwaway Redis. Two measurements:
    producer's commit returned (same machine clock). The chat worker runs with its defaults
    (LISTEN on); the raw loop, which has no LISTEN, polls every 10 ms after an empty claim.
 
+After the drain table, where each variant's time went, in milliseconds per batch: claim,
+publish, acknowledge and waiting (``bench/phases.py``: a worker's own metrics, read from its
+``/metrics`` before it stops; the raw loop's own clock).
+
 Worker log lines at WARNING or above, unexpected events, non-zero exit codes and slow stops
 are listed at the end. Prints figures; asserts nothing.
 """
@@ -57,9 +61,10 @@ import orjson
 import redis.asyncio as aioredis
 from children import Child, read_lines
 from measure import cpu_seconds, percentile, wait_drained
+from phases import PHASES, add, per_batch, raw_phases, worker_phases
 from scratch import run_with_scratch_database
 
-from devservers import local_services
+from devservers import free_port, local_services
 from outbox.primitives.urls import libpq_dsn
 
 CHANNEL_PREFIX = "chat:message:bench-"
@@ -136,19 +141,30 @@ async def raw_loop(
     redis = aioredis.Redis.from_url(redis_url)
     await redis.ping()
     print("ready", flush=True)
+    spent = dict.fromkeys((*PHASES, "batches"), 0.0)
+    clock = time.perf_counter
     try:
         while not stop.is_set():
+            started = clock()
             rows = await conn.fetch(RAW_CLAIM, batch, worker_id)
+            claimed = clock()
+            spent["claim"] += claimed - started
             if rows:
                 pipe = redis.pipeline(transaction=False)
                 for row in rows:
                     pipe.publish(channel, raw_envelope(row))
                 await pipe.execute()
+                published = clock()
                 await conn.execute(RAW_ACK, [row["id"] for row in rows])
+                spent["publish"] += published - claimed
+                spent["ack"] += clock() - published
+                spent["batches"] += 1
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), poll_ms / 1000)
+                spent["wait"] += clock() - claimed
     finally:
+        print("phases " + json.dumps(spent), flush=True)
         await redis.aclose()
         await conn.close()
 
@@ -209,7 +225,7 @@ async def start_raw(b: Bench, batch: int, name: str, poll_ms: int = 1000) -> Chi
         stderr=asyncio.subprocess.PIPE,
     )
     child = Child(name, proc)
-    ready = read_lines(child, proc.stdout, marker="ready", keep=False)
+    ready = read_lines(child, proc.stdout, marker="ready")
     child.readers.append(asyncio.create_task(ready))
     child.readers.append(asyncio.create_task(read_lines(child, proc.stderr)))
     return child
@@ -259,7 +275,9 @@ PROBLEMS: list[str] = []
 
 
 def _expected(line: str) -> bool:
-    """An INFO JSON log line of start-up or shutdown."""
+    """An INFO JSON log line of start-up or shutdown, or a raw loop's own lines."""
+    if line == "ready" or line.startswith("phases "):
+        return True
     try:
         event = json.loads(line)
     except ValueError:
@@ -423,6 +441,7 @@ class DrainRun:
     foreign: int
     process_cpu: float  # seconds, the processes under test
     backend_cpu: float  # seconds, their PostgreSQL backends
+    phases: dict[str, float] = field(default_factory=dict)  # see bench/phases.py
 
     def deliveries(self, rows: int) -> str:
         """``rows`` when each row arrived once, else what differed."""
@@ -453,9 +472,14 @@ async def start_variant(b: Bench, variant: Variant, batch: int) -> list[Child]:
     names = [f"bench-{variant.kind}-{i + 1}" for i in range(variant.processes)]
     if variant.kind == "raw":
         return [await start_raw(b, batch, name) for name in names]
-    extra = {"PUBSUB_MODE": "global", "POLL_INTERVAL_MS": "1000"}
-    envs = [worker_env(b, batch, name, **extra) for name in names]
-    return [await start_worker(env, name) for env, name in zip(envs, names, strict=True)]
+    children = []
+    for name in names:
+        port = free_port()
+        extra = {"PUBSUB_MODE": "global", "POLL_INTERVAL_MS": "1000", "METRICS_PORT": str(port)}
+        child = await start_worker(worker_env(b, batch, name, **extra), name)
+        child.metrics_port = port
+        children.append(child)
+    return children
 
 
 async def drain_once(b: Bench, variant: Variant, batch: int, rows: int) -> DrainRun:
@@ -472,10 +496,17 @@ async def drain_once(b: Bench, variant: Variant, batch: int, rows: int) -> Drain
         await transaction.rollback()
         finished = await wait_drained(b.db, within=max(60.0, rows / 500))
         process_cpu, backend_cpu = await cpu.read(b.db)
+        scraped = [
+            await asyncio.to_thread(worker_phases, c.metrics_port)
+            for c in children
+            if c.metrics_port is not None
+        ]
         await b.subscriber.settle(rows)
     finally:
         await gate.close()
         await stop_children(children)
+    if variant.kind == "raw":
+        scraped = [raw_phases(c.lines) for c in children]
     note_problems(f"drain batch={batch} {variant.label}", children)
     published = await b.db.fetchval("SELECT count(*) FROM outbox WHERE status = 'published'")
     if finished is None:
@@ -485,7 +516,7 @@ async def drain_once(b: Bench, variant: Variant, batch: int, rows: int) -> Drain
     rate = rows / seconds if finished is not None else None
     s = b.subscriber
     deliveries = (s.count, len(s.first_seen), s.repeats, s.foreign)
-    return DrainRun(rate, seconds, published, *deliveries, process_cpu, backend_cpu)
+    return DrainRun(rate, seconds, published, *deliveries, process_cpu, backend_cpu, add(scraped))
 
 
 Results = dict[tuple[int, Variant], list[DrainRun]]
@@ -549,6 +580,18 @@ def print_drain_table(results: Results, batches: Sequence[int], rounds: int, row
         w1, r1, w2, r2 = (m[v] for v in VARIANTS)
         figures = (ratio(w1, r1), ratio(w2, r2), ratio(w2, w1), ratio(r2, r1))
         print(f"{batch:>5}" + "".join(f"{f:>15}" for f in figures))
+    print(
+        "\nwhere the time goes, ms per batch (all rounds; a worker overlaps batches, so its"
+        " figures add up to more than its wall time)"
+    )
+    print(f"{'batch':>5}  {'variant':<10}{'batches/s/process':>18}  " + " / ".join(PHASES))
+    for batch in batches:
+        for variant in VARIANTS:
+            runs = results[(batch, variant)]
+            totals = add(r.phases for r in runs)
+            seconds = sum(r.seconds for r in runs) * variant.processes
+            rate = totals["batches"] / seconds if seconds else 0.0
+            print(f"{batch:>5}  {variant.label:<10}{rate:>18.1f}  {per_batch(totals)}")
 
 
 # -- end-to-end latency --------------------------------------------------------------------

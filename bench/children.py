@@ -19,6 +19,8 @@ class Child:
     lines: list[str] = field(default_factory=list)
     readers: list[asyncio.Task[None]] = field(default_factory=list)
     stop_seconds: float | None = None
+    metrics_port: int | None = None
+    """A worker's ``METRICS_PORT`` (its phase figures are read there before it stops)."""
 
 
 async def read_lines(

@@ -69,6 +69,14 @@ class Acks:
         if self.retried:
             yield replace(empty, retried=self.retried)
 
+    def kind(self) -> str:
+        """The first kind these acks hold (``published``, ``dead``, ``released``,
+        ``retried``), for the metrics of a part from :meth:`kinds`."""
+        for name in ("published", "dead", "released", "retried"):
+            if getattr(self, name):
+                return name
+        return "none"
+
     def singles(self) -> Iterator[Acks]:
         """One :class:`Acks` per message (to isolate one the database rejects)."""
         empty = Acks(duration_ms=self.duration_ms)
@@ -162,7 +170,10 @@ class Acknowledger:
         delays = GrowingDelay(0.05, 5.0)
         while True:
             try:
+                started = time.monotonic()
                 await self._write(part)
+                elapsed = time.monotonic() - started
+                self.metrics.ack_seconds.labels(part.kind()).observe(elapsed)
                 return
             except Exception as exc:
                 if is_rejected_input(exc):

@@ -67,6 +67,26 @@ class WorkerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.claim_seconds = Histogram(
+            "outbox_claim_seconds",
+            "Time one claim statement took (empty claims included).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ack_seconds = Histogram(
+            "outbox_ack_seconds",
+            "Time one acknowledgement statement took, by kind (published, dead, ...).",
+            ["kind"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dispatch_wait_seconds = Counter(
+            "outbox_dispatch_wait_seconds_total",
+            "Time the claim loop waited: for free capacity (batches in flight), or idle (an"
+            " empty claim, until a notification or the poll interval).",
+            ["reason"],
+            registry=r,
+        )
         self.lag_seconds = Histogram(
             "outbox_delivery_lag_seconds",
             "End-to-end lag: row created -> acknowledged as published.",

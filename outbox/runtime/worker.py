@@ -27,8 +27,10 @@ every remaining wait.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 import anyio
 import anyio.abc
@@ -220,7 +222,8 @@ class Worker:
         while not self._stopping.is_set():
             capacity = self.in_flight.free_capacity()
             if capacity <= 0:
-                await self.in_flight.wait_for_capacity()
+                with self._waiting("capacity"):
+                    await self.in_flight.wait_for_capacity()
                 continue
             pause = self.health.transport_pause()
             if pause > 0:
@@ -228,7 +231,7 @@ class Worker:
                     await self._stopping.wait()
                 continue
             try:
-                with anyio.CancelScope() as self._claim_scope:
+                with anyio.CancelScope() as self._claim_scope, self.metrics.claim_seconds.time():
                     claimed = await claim_batch(
                         db,
                         limit=min(s.batch_size, capacity),
@@ -251,10 +254,21 @@ class Worker:
                 break
             self.health.database_ok()
             if not claimed:
-                await self.wakeup.wait(s.poll_interval_ms / 1000)
+                with self._waiting("idle"):
+                    await self.wakeup.wait(s.poll_interval_ms / 1000)
                 continue
             self.metrics.count(self.metrics.claimed, claimed)
             batches.start_soon(self._handle, self.in_flight.add(claimed), acker)
+
+    @contextlib.contextmanager
+    def _waiting(self, reason: str) -> Iterator[None]:
+        """Count the time the claim loop spends in this block as waiting for ``reason``."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            elapsed = time.monotonic() - started
+            self.metrics.dispatch_wait_seconds.labels(reason).inc(elapsed)
 
     async def _handle(self, batch: Batch, acker: Acknowledger) -> None:
         messages = batch.messages

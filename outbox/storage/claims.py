@@ -22,7 +22,6 @@ acknowledgement that did not apply means the message is delivered again (at leas
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -105,14 +104,12 @@ async def claim_batch(
     undecodable: dict[int, str] = {}
     rejected: list[ClaimedMessage] = []
     for row in await fetch_all(db, statement, params):
-        message = ClaimedMessage(*row)  # the payload still JSON text
+        id_, type_, key, text, *rest = row  # the payload as JSON text
         try:
-            payload = json.loads(message.payload)  # type: ignore[arg-type]
+            claimed.append(ClaimedMessage(id_, type_, key, json.loads(text), *rest))
         except (ValueError, RecursionError) as exc:
-            undecodable[message.id] = f"undecodable payload: {error_text(exc)}"
-            rejected.append(message)
-            continue
-        claimed.append(dataclasses.replace(message, payload=payload))
+            undecodable[id_] = f"undecodable payload: {error_text(exc)}"
+            rejected.append(ClaimedMessage(*row))
     if rejected:
         await mark_dead(db, rejected, worker_id=worker_id, error=undecodable)
         for message in rejected:
