@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from outbox.primitives.engines import engine_options
 from outbox.primitives.errors import ConfigurationError
 from outbox.primitives.urls import async_database_url
 from outbox.storage.migrate import VERSION_TABLE
@@ -60,7 +61,10 @@ def _run_with(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(_database_url(), poolclass=NullPool)
+    # Always PgBouncer-safe (transaction pooling: no named statement survives a transaction,
+    # so a cached one breaks the next run); migrations are too rare for the cache to matter.
+    url = _database_url()
+    engine = create_async_engine(url, poolclass=NullPool, **engine_options(url, pgbouncer=True))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_with)

@@ -14,6 +14,7 @@ from outbox.primitives.backoff import (
     FixedSchedule,
     PerTypeBackoff,
 )
+from outbox.primitives.engines import engine_options
 from outbox.primitives.errors import (
     ConfigurationError,
     GiveUpError,
@@ -91,6 +92,7 @@ __all__ = [
     "TransportUnavailable",
     "async_database_url",
     "claim_batch",
+    "engine_options",
     "enqueue",
     "enqueue_many",
     "extend_lease",

@@ -28,6 +28,7 @@ with requires_extra("chat"):
     import orjson
     import redis.asyncio as aioredis
     from redis.asyncio.connection import parse_url
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from outbox.primitives.errors import TransportUnavailable
@@ -112,8 +113,16 @@ class ChatPublisher:
         self.name = f"Redis at {settings.redis_url.split('://')[0]}://{host}:{port}"
 
     async def check(self) -> None:
-        with anyio.fail_after(self.settings.redis_timeout_seconds):
-            await self.redis.ping()
+        try:
+            with anyio.fail_after(self.settings.redis_timeout_seconds):
+                await self.redis.ping()
+        except RedisConnectionError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
+                raise
+            raise RedisConnectionError(
+                f"{exc} The server's TLS certificate is not signed by a CA this process"
+                " trusts: add ?ssl_ca_certs=/path/to/ca.crt to REDIS_URL, or set SSL_CERT_FILE"
+            ) from exc
 
     def channel(self, message: ClaimedMessage) -> str | None:
         """Where ``message`` goes; ``None`` when room mode has no key to route by."""
