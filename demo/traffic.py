@@ -65,9 +65,11 @@ async def produce(
     """Commit chat messages and documents at the given rates (per second) until ``until()``
     is true; rates the database cannot keep up with are simply not reached."""
 
+    # A message's "commit" time is taken as COMMIT is sent: the commit happens between then
+    # and its answer, and a worker woken by it may deliver before this task runs again.
     async def chat(n: int) -> None:
         room = rooms[n % len(rooms)]
-        async with engine.begin() as conn:
+        async with engine.connect() as conn:
             message_id = (
                 await conn.execute(
                     text(
@@ -83,13 +85,17 @@ async def produce(
                 {"messageId": message_id, "room": room, "body": f"hello #{n}"},
                 key=room,
             )
-        sent.chat[outbox_id] = time.time()
+            committing = time.time()
+            await conn.commit()
+        sent.chat[outbox_id] = committing
 
     async def document(n: int) -> None:
         unreadable = unreadable_every > 0 and n % unreadable_every == unreadable_every - 1
-        async with engine.begin() as conn:
-            outbox_id = await _commit_document(conn, n, unreadable)
-        sent.documents[outbox_id] = time.time()
+        async with engine.connect() as conn:
+            outbox_id = await _add_document(conn, n, unreadable)
+            committing = time.time()
+            await conn.commit()
+        sent.documents[outbox_id] = committing
         if unreadable:
             sent.unreadable.add(outbox_id)
 
@@ -99,7 +105,7 @@ async def produce(
         group.start_soon(_paced, document, document_rate, 0, 1, until)
 
 
-async def _commit_document(conn: AsyncConnection, n: int, unreadable: bool) -> int:
+async def _add_document(conn: AsyncConnection, n: int, unreadable: bool) -> int:
     content_type, content = ("image/png", _PNG) if unreadable else ("text/markdown", b"")
     if not unreadable:
         content = _DOCUMENT.format(n=n).encode()
