@@ -533,13 +533,13 @@ async def direct_once(b: Bench, run: str) -> DrainRun:
 
     async def lane() -> None:
         for n, (document_id, user_id) in queue:
-            await store.set_status(document_id, DocumentStatus.PROCESSING)
+            await store.set_status(document_id, DocumentStatus.PROCESSING, user_id)
             try:
                 await client.parse(document_id, user_id, idempotency_key=str(n + 1))
             except SidecarError as exc:
                 failures.append(f"{document_id}: {exc}")
                 continue
-            await store.set_status(document_id, DocumentStatus.PROCESSED)
+            await store.set_status(document_id, DocumentStatus.PROCESSED, user_id)
 
     try:
         await client.check()  # as the worker's start-up check

@@ -9,17 +9,19 @@ from __future__ import annotations
 import signal
 import sys
 
-import uvicorn
-
-from outbox.primitives.errors import ConfigurationError
-from outbox.primitives.logs import configure_logging
-from outbox.runtime.settings import load_settings
-from sidecar.app import create_app
-from sidecar.settings import SidecarSettings
-
 
 def main() -> None:
     """Console entry point."""
+    # Imported here, not above: every extraction process runs this module (as
+    # ``__mp_main__``, see anyio.to_process), and should not pay for the web server.
+    import uvicorn
+
+    from outbox.primitives.errors import ConfigurationError
+    from outbox.primitives.logs import configure_logging
+    from outbox.runtime.settings import load_settings
+    from sidecar.app import create_app
+    from sidecar.settings import SidecarSettings
+
     try:
         settings = load_settings(SidecarSettings)
     except ConfigurationError as exc:

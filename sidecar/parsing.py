@@ -1,8 +1,8 @@
 """One document's bytes to chunks: the CPU-bound part, run in a worker process.
 
-:func:`parse` is what the sidecar runs through ``anyio.to_process`` under a deadline, so a
-pathological document (the standard HTML parser and pypdf have quadratic corners) costs a
-killed worker process and a 422, never a frozen server.
+:func:`parse` is what the sidecar runs through ``anyio.to_process`` under a deadline, for
+every document: text extraction is linear in its input, but a huge document (or one of
+pypdf's slow corners) costs a killed worker process and a 422, never a frozen server.
 """
 
 from __future__ import annotations

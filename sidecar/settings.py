@@ -37,8 +37,14 @@ class SidecarSettings(BaseSettings):
     max_document_bytes: int = Field(50 * 1024 * 1024, ge=1)
     """Larger documents are refused with 422."""
     parse_timeout_seconds: float = Field(30.0, gt=0, le=3600)
-    """Longest text extraction of one document (then 422); keep it below the workers'
+    """Longest text extraction of any one document, from when an extraction process takes
+    it up (then the process is killed and the answer is 422); keep it below the workers'
     ``SIDECAR_TIMEOUT_SECONDS``."""
+    max_request_bytes: int = Field(64 * 1024, ge=1024, le=64 * 1024 * 1024)
+    """Largest request body; a larger one is refused with 413 before it is read (the
+    parse call's body is ``{"userId": ...}``)."""
+    sidecar_api_docs: bool = False
+    """Serve ``/docs``, ``/redoc`` and ``/openapi.json`` (off: 404)."""
     database_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     """Longest one statement may take; past it the answer is 503."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -194,7 +194,7 @@ def test_no_outbox_table_exits_4_until_migrate_creates_it(empty_database: str) -
 
     assert cli(empty_database, "migrate") == Ran(0, "migrated: outbox_0004 (head)\n", "")
     assert cli(empty_database, "migrate", "--documents") == Ran(
-        0, "migrated: documents_0002 (head), outbox_0004 (head)\n", ""
+        0, "migrated: documents_0003 (head), outbox_0004 (head)\n", ""
     )
     with psycopg.connect(libpq_dsn(empty_database)) as conn:
         tables = {

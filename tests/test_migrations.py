@@ -202,7 +202,7 @@ def test_standalone_alembic_cli_uses_plain_database_url(empty_database: str) -> 
         VERSION_TABLE,
     }
     current = run("current").stdout
-    assert "outbox_0004 (head)" in current and "documents_0002 (head)" in current
+    assert "outbox_0004 (head)" in current and "documents_0003 (head)" in current
     run("downgrade", "documents@base")
     assert tables(empty_database) == {"outbox", "outbox_audit", VERSION_TABLE}
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -64,6 +66,17 @@ def test_media_type_parses_parameters() -> None:
             "Title\n\nbold item\nlink and code\n\nquoted it",
         ),
         (b"snake_case_name stays", "text/markdown", "snake_case_name stays"),
+        (b"<p>a</p><![foo x", "text/html", "a"),  # an unclosed declaration ends the text
+        (b"<a title=\"x > y\" href='>'>link</a> 1 < 2 &lt; 3", "text/html", "link 1 < 2 < 3"),
+        (b"<p>kept</p><a href='x' swallowed, as a browser does", "text/html", "kept"),
+        (b"<TITLE>a <b> &amp; c</TITLE><SCRIPT>x = '</p>'</SCRIPT >d", "text/html", "a <b> & c\nd"),
+        (b"<template><p>no</p></template><noscript>no</noscript><br/>yes", "text/html", "yes"),
+        (b"<!-- <p>no</p> --><!DOCTYPE html><?php no ?>yes</ br>", "text/html", "yes"),
+        (
+            b"&#x41;&#65;&#0000066;&#9999999999999999999;&notin;&amp",
+            "text/html",
+            "AAB\ufffd\u2209&",
+        ),
     ],
 )
 def test_extract_text(content: bytes, content_type: str, expected: str) -> None:
@@ -80,7 +93,6 @@ def test_extract_pdf() -> None:
         (b"x", "image/png", "unsupported content type 'image/png'"),
         (b"x", "pdf", "unsupported content type 'pdf'"),
         (b"x", "text/plain; charset=undefined", "cannot decode as 'undefined'"),
-        (b"<p>a</p><![foo x", "text/html", "malformed HTML"),
         (b"\xff\xfe\xfa", "text/plain", "not valid utf-8-sig text"),
         (b"x", "text/plain; charset=klingon", "unknown charset 'klingon'"),
         (b"%PDF-1.4 garbage", "application/pdf", "not a readable PDF"),
@@ -97,6 +109,47 @@ def test_markdown_with_unclosed_markup_on_every_word_is_read_in_one_pass(unclose
     # Each of these took the first extractor quadratic time (minutes for 100 KB).
     text = extract_text((unclosed * 30_000).encode(), "text/markdown")
     assert text.count("a") == 30_000
+
+
+ADVERSARIAL_HTML = ["<a ", "<a", "<a\n", "<a b=c ", "<a x='", '<a x="', "<!--", "<!", "</a ", "<a>"]
+ADVERSARIAL_HTML += ["<script>", "<title>", "&#1", "&amp", "< ", '<a x="y>', "<p>x</p>"]
+
+
+def cpu_seconds(content: bytes, content_type: str) -> float:
+    started = time.process_time()  # CPU time: not the time other processes took the CPU
+    with contextlib.suppress(UnreadableDocumentError):
+        extract_text(content, content_type)
+    return time.process_time() - started
+
+
+def doubling_ratio(content: bytes, content_type: str) -> tuple[float, float]:
+    """(time for ``content`` twice over / time for it, time for it): the best of up to ten
+    interleaved runs each, the least disturbed by other work on the machine."""
+    once: list[float] = []
+    twice: list[float] = []
+    while len(once) < 10 and sum(once) + sum(twice) < 0.5:
+        once.append(cpu_seconds(content, content_type))
+        twice.append(cpu_seconds(content * 2, content_type))
+    return min(twice) / max(min(once), 1e-6), min(once)
+
+
+ADVERSARIAL_MARKDOWN = ["**a ", "_a ", "*a ", "[a](", "![a](", "`a ", "- - - x\n", "> # "]
+
+
+@pytest.mark.parametrize(
+    ("unit", "content_type"),
+    [(unit, "text/html") for unit in ADVERSARIAL_HTML]
+    + [(unit, "text/markdown") for unit in ADVERSARIAL_MARKDOWN],
+)
+def test_text_extraction_is_linear_in_its_input(unit: str, content_type: str) -> None:
+    # The standard HTML parser is quadratic on unclosed markup: 16 KB of "<a " took 4 s,
+    # 32 KB took 19 s. Doubling the input must at most a little more than double the time.
+    small = (unit * (16_384 // len(unit))).encode()
+    for _ in range(3):  # a busy machine can spoil one measurement, not three
+        ratio, seconds = doubling_ratio(small, content_type)
+        if ratio < 3.0 or seconds > 0.5:  # quadratic: no point measuring again
+            break
+    assert ratio < 3.0, f"{unit!r}: doubling the input took {ratio:.1f} times as long"
 
 
 def test_normalise_drops_controls_and_lone_surrogates() -> None:

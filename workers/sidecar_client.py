@@ -4,7 +4,8 @@
 
 * :class:`SidecarUnreachable` -- an outage, nothing wrong with the document: no request
   reached it (connection refused, DNS, connect timeout), it answered 503 (its own
-  dependency is down), or 401 (our token is not the one it expects).
+  dependency is down: the reference sidecar's database unreachable, refusing its login,
+  missing its tables), or 401 (our token is not the one it expects).
 * :class:`SidecarTransientError` -- it may work later: a timeout after the request was sent,
   a dropped connection, other 5xx, 429, or an unexpected 1xx/3xx.
 * :class:`SidecarRejected` -- it never will: any other 4xx; the message carries the status
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -98,6 +100,10 @@ class SidecarClient:
     """``POST {base_url}/internal/documents/{id}/parse`` with a bearer token and a deadline."""
 
     def __init__(self, base_url: str, *, token: str, timeout: float, max_connections: int) -> None:
+        """``base_url`` must not carry credentials: httpx would send them as Basic auth in
+        place of the bearer token (``ValueError``)."""
+        if "@" in urllib.parse.urlsplit(base_url).netloc:
+            raise ValueError("the sidecar's base URL must not carry credentials (user:pw@)")
         self.base_url = base_url.rstrip("/")
         self.shown_url = redacted_url(self.base_url)
         """The base URL without its password, for logs and stored errors."""
@@ -118,9 +124,21 @@ class SidecarClient:
             if response.status_code == 401:
                 raise RuntimeError("it refuses SIDECAR_TOKEN (401): the two sides differ")
             if response.status_code != 200:
-                raise RuntimeError(
-                    f"GET {path} answered {response.status_code}: {_detail(response)}"
-                )
+                detail = _detail(response)
+                if path == "/healthz":  # the reason is behind the token
+                    detail = await self._health_reason() or detail
+                raise RuntimeError(f"GET {path} answered {response.status_code}: {detail}")
+
+    async def _health_reason(self) -> str | None:
+        """Why the sidecar says it is unhealthy (``GET /internal/health``), if it says."""
+        try:
+            with anyio.fail_after(self.timeout):
+                response = await self.http.get("/internal/health")
+            body: Any = response.json()
+        except (TimeoutError, httpx.HTTPError, ValueError):
+            return None
+        error = body.get("error") if isinstance(body, dict) else None
+        return error if isinstance(error, str) else None
 
     async def parse(
         self, document_id: uuid.UUID, user_id: str | int, *, idempotency_key: str
