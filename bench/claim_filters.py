@@ -105,7 +105,7 @@ EVERYTHING = claim_with()
 
 
 async def main(url: str, claims: int, backlog: int) -> None:
-    pool = await create_pool(url, max_size=1)
+    pool = await create_pool(url, max_size=1, command_timeout=None)  # 1M-row fills
     async with pool.acquire() as conn:
         await conn.execute("ALTER TABLE outbox SET (autovacuum_enabled = false)")
         print(f"{'table':<58} {'filtered p50/p95 ms':>19} | {'unfiltered p50/p95':>17} | ratio")
