@@ -38,10 +38,12 @@ from outbox.primitives.messages import (
 from outbox.primitives.urls import async_database_url
 from outbox.runtime.handler import (
     DELIVERED,
+    NOT_ATTEMPTED,
     Delivered,
     GiveUp,
     Handler,
     MessageHandler,
+    NotAttempted,
     Outcome,
     PerMessage,
     Retry,
@@ -61,6 +63,7 @@ from outbox.storage.stats import OutboxStats, stats
 
 __all__ = [
     "DELIVERED",
+    "NOT_ATTEMPTED",
     "AckResult",
     "BackoffPolicy",
     "ClaimedMessage",
@@ -77,6 +80,7 @@ __all__ = [
     "JSONValue",
     "MessageHandler",
     "NewMessage",
+    "NotAttempted",
     "OutboxError",
     "OutboxStats",
     "Outcome",

@@ -120,7 +120,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     """
     eng = create_async_engine(async_database_url(database_url), pool_size=10)
     async with eng.begin() as conn:
-        await conn.exec_driver_sql("TRUNCATE outbox RESTART IDENTITY")
+        await conn.exec_driver_sql("TRUNCATE outbox, outbox_keys RESTART IDENTITY")
     try:
         yield eng
         assert eng.pool.checkedout() == 0, "a test left a connection checked out"  # type: ignore[attr-defined]

@@ -119,9 +119,10 @@ async def test_committed_rows_arrive_with_the_envelope_and_documents_are_left_al
     by_id = {envelope["id"]: (channel, envelope) for channel, envelope, _ in received.items}
     channel, envelope = by_id[first]
     assert channel == ("chat:message" if mode == "global" else f"conv:{room_a}")
-    assert set(envelope) == {"id", "type", "key", "payload", "created_at"}
+    assert set(envelope) == {"id", "type", "key", "seq", "payload", "created_at"}
     assert envelope["type"] == "message.created"
     assert envelope["key"] == room_a
+    assert isinstance(envelope["seq"], int)  # ORDERING=key is the chat worker's default
     assert envelope["payload"] == {"text": "hi"}
     assert by_id[second][1]["payload"] == {"title": "ü"}
     await wait_until(lambda: _published(engine, first, second), 10, "the acks")
@@ -534,6 +535,7 @@ def test_the_envelope_keeps_every_value_exact() -> None:
         "id": 7,
         "type": "message.created",
         "key": "r1",
+        "seq": None,
         "payload": {"text": "ü", "n": 1},
         "created_at": "2026-11-22T04:05:13.364759+00:00",
     }

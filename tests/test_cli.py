@@ -82,7 +82,7 @@ def cli(url: str | None, *args: str) -> Ran:
 def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """A connection to the module's database, the outbox table emptied first."""
     with psycopg.connect(libpq_dsn(database_url), autocommit=True) as conn:
-        conn.execute("TRUNCATE outbox RESTART IDENTITY")
+        conn.execute("TRUNCATE outbox, outbox_keys RESTART IDENTITY")
         yield conn
 
 
@@ -192,9 +192,9 @@ def test_no_outbox_table_exits_4_until_migrate_creates_it(empty_database: str) -
     assert ran.err.startswith("outbox: no outbox table in postgresql://")
     assert ran.err.endswith(": run `outbox migrate` first\n")
 
-    assert cli(empty_database, "migrate") == Ran(0, "migrated: outbox_0004 (head)\n", "")
+    assert cli(empty_database, "migrate") == Ran(0, "migrated: outbox_0005 (head)\n", "")
     assert cli(empty_database, "migrate", "--documents") == Ran(
-        0, "migrated: documents_0003 (head), outbox_0004 (head)\n", ""
+        0, "migrated: documents_0004 (head), outbox_0005 (head)\n", ""
     )
     with psycopg.connect(libpq_dsn(empty_database)) as conn:
         tables = {
@@ -204,6 +204,7 @@ def test_no_outbox_table_exits_4_until_migrate_creates_it(empty_database: str) -
     assert tables == {
         "outbox",
         "outbox_audit",
+        "outbox_keys",
         "outbox_alembic_version",
         "documents",
         "document_chunks",
@@ -268,6 +269,8 @@ def test_stats_counts_per_status_and_prefix(db: psycopg.Connection[Any], databas
             "plain": {**zero, "published": 1},
         },
         "total": 8,
+        "keys_in_flight": 0,
+        "keys_held": 0,
     }
     assert as_text.code == 0, as_text
     *lines, oldest = as_text.out.splitlines()

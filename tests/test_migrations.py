@@ -39,7 +39,7 @@ def indexes(url: str) -> set[str]:
 
 def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
     upgrade(empty_database)
-    assert tables(empty_database) == {"outbox", "outbox_audit", VERSION_TABLE}
+    assert tables(empty_database) == {"outbox", "outbox_audit", "outbox_keys", VERSION_TABLE}
     assert indexes(empty_database) == {
         "outbox_pkey",
         "ix_outbox_claimable",
@@ -48,11 +48,12 @@ def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
         "ix_outbox_published_at",
         "ix_outbox_dead_at",
         "uq_outbox_dedupe_key",
+        "ix_outbox_key_order",
     }
     downgrade(empty_database)
     assert tables(empty_database) == {VERSION_TABLE}
     upgrade(empty_database)
-    assert tables(empty_database) == {"outbox", "outbox_audit", VERSION_TABLE}
+    assert tables(empty_database) == {"outbox", "outbox_audit", "outbox_keys", VERSION_TABLE}
 
 
 def test_upgrading_to_dead_at_stamps_the_dead_rows_already_there(empty_database: str) -> None:
@@ -99,7 +100,7 @@ def test_migrations_run_inside_a_transaction_the_caller_began(empty_database: st
         engine.dispose()
     assert "ix_outbox_dead_at" in indexes(empty_database)
     assert names(empty_database, "SELECT version_num FROM outbox_alembic_version") == {
-        "outbox_0004"
+        "outbox_0005"
     }
 
 
@@ -127,6 +128,8 @@ def test_what_autogenerate_cannot_see_matches_the_metadata(empty_database: str) 
         "btree (published_at) WHERE (status = 'published'::text)",
         "btree (dead_at, id) WHERE (status = 'dead'::text)",
         "btree (dedupe_key) WHERE (dedupe_key IS NOT NULL)",
+        "btree (key, seq, id) WHERE ((status = ANY (ARRAY['pending'::text, 'in_progress'::text]))"
+        " AND (key IS NOT NULL))",
     }
     collations = names(
         empty_database,
@@ -149,6 +152,9 @@ def test_what_autogenerate_cannot_see_matches_the_metadata(empty_database: str) 
         "outbox_notify_on_insert",
         "outbox_dead_at_on_insert",
         "outbox_dead_at_on_update",
+        "outbox_forget_position_on_retry",
+        "outbox_release_held_key_on_retry",
+        "outbox_release_held_key_on_purge",
     }
 
 
@@ -192,35 +198,37 @@ def test_standalone_alembic_cli_uses_plain_database_url(empty_database: str) -> 
         return done
 
     run("upgrade", "outbox@head")
-    assert tables(empty_database) == {"outbox", "outbox_audit", VERSION_TABLE}
+    assert tables(empty_database) == {"outbox", "outbox_audit", "outbox_keys", VERSION_TABLE}
     run("upgrade", "heads")
     assert tables(empty_database) == {
         "outbox",
         "outbox_audit",
+        "outbox_keys",
         "documents",
         "document_chunks",
         VERSION_TABLE,
     }
     current = run("current").stdout
-    assert "outbox_0004 (head)" in current and "documents_0003 (head)" in current
+    assert "outbox_0005 (head)" in current and "documents_0004 (head)" in current
     run("downgrade", "documents@base")
-    assert tables(empty_database) == {"outbox", "outbox_audit", VERSION_TABLE}
+    assert tables(empty_database) == {"outbox", "outbox_audit", "outbox_keys", VERSION_TABLE}
 
 
 def test_the_documents_branch_runs_only_when_asked_for(empty_database: str) -> None:
     upgrade(empty_database)
-    assert tables(empty_database) == {"outbox", "outbox_audit", VERSION_TABLE}
+    assert tables(empty_database) == {"outbox", "outbox_audit", "outbox_keys", VERSION_TABLE}
     upgrade(empty_database, documents=True)
     assert tables(empty_database) == {
         "outbox",
         "outbox_audit",
+        "outbox_keys",
         "documents",
         "document_chunks",
         VERSION_TABLE,
     }
     upgrade(empty_database)  # a deploy step that migrates the outbox still works
     downgrade(empty_database, "documents@base")
-    assert tables(empty_database) == {"outbox", "outbox_audit", VERSION_TABLE}
+    assert tables(empty_database) == {"outbox", "outbox_audit", "outbox_keys", VERSION_TABLE}
     upgrade(empty_database, documents=True)
     downgrade(empty_database)
     assert tables(empty_database) == {VERSION_TABLE}

@@ -2,8 +2,14 @@
 
 ``python -m workers.chat`` (or the ``outbox-chat-worker`` script). ``PUBSUB_MODE=global``
 publishes to ``chat:message``; ``room`` to ``conv:{key}``. Each message is the JSON envelope
-``{"id", "type", "key", "payload", "created_at"}``. A batch is published in one pipelined
-round trip and acknowledged in one statement.
+``{"id", "type", "key", "seq", "payload", "created_at"}``. A batch is published in one
+pipelined round trip and acknowledged in one statement.
+
+Order: ``ORDERING=key`` by default (in both modes): a key's messages are published in
+order, one batch per key in flight across every worker, and ``seq`` (the message's position
+in its key, kept for a redelivery) increases in that order, so a consumer may drop anything
+at or below the last ``seq`` it saw for a key (docs/ordering.md). ``ORDERING=none``: ``seq``
+is ``null``.
 
 Failures: Redis refusing one message's channel (an ACL ``NOPERM`` for that channel) fails
 that message alone, ``dead`` with the reason, and the rest of the batch is delivered.
@@ -66,6 +72,7 @@ class ChatSettings(WorkerSettings):
     redis_timeout_seconds: float = Field(5.0, gt=0, le=300)
     """Socket connect/read timeout; past it Redis counts as down."""
     exclude_type_prefixes: str = "document."
+    ordering: Literal["none", "key"] = "key"
 
     @model_validator(mode="after")
     def _redis_gives_up_first(self) -> ChatSettings:
@@ -79,7 +86,8 @@ class ChatSettings(WorkerSettings):
 
 
 def envelope(message: ClaimedMessage) -> bytes:
-    """The published body: ``{"id", "type", "key", "payload", "created_at"}`` as UTF-8 JSON.
+    """The published body: ``{"id", "type", "key", "seq", "payload", "created_at"}`` as
+    UTF-8 JSON (``seq``: the position in the key's order, ``null`` when unordered).
 
     ``created_at`` is ISO 8601 with its offset (``2026-11-22T04:05:13.364759+00:00``).
     """
@@ -87,6 +95,7 @@ def envelope(message: ClaimedMessage) -> bytes:
         "id": message.id,
         "type": message.type,
         "key": message.key,
+        "seq": message.seq,
         "payload": message.payload,
         "created_at": message.created_at.isoformat(),
     }

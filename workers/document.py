@@ -52,7 +52,7 @@ import logging
 import time
 import urllib.parse
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -140,6 +140,8 @@ class DocumentSettings(WorkerSettings):
     """The owner, compared as text with the message's ``userId`` before anything is written;
     empty: not checked here (the reference sidecar and trigger still check)."""
     include_type_prefixes: str = DOCUMENT_PREFIX
+    ordering: Literal["none", "key"] = "key"
+    """By document: two messages of one document never run at once, and run in order."""
     batch_size: int = Field(10, ge=1, le=1000)
     handler_timeout_seconds: float = Field(90.0, gt=0, le=86_400)
 

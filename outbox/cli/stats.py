@@ -27,7 +27,8 @@ async def _stats(target: Target) -> OutboxStats:
 
 
 def as_json(snapshot: OutboxStats) -> dict[str, object]:
-    """Stable keys: ``by_status``, ``by_prefix``, ``total``, ``oldest_claimable_age_seconds``."""
+    """Stable keys: ``by_status``, ``by_prefix``, ``total``, ``oldest_claimable_age_seconds``,
+    ``keys_in_flight``, ``keys_held``."""
     return {
         "by_status": {s.value: snapshot.by_status[s] for s in Status},
         "by_prefix": {
@@ -36,11 +37,14 @@ def as_json(snapshot: OutboxStats) -> dict[str, object]:
         },
         "total": snapshot.total,
         "oldest_claimable_age_seconds": snapshot.oldest_claimable_age,
+        "keys_in_flight": snapshot.keys_in_flight,
+        "keys_held": snapshot.keys_held,
     }
 
 
 def as_text(snapshot: OutboxStats) -> list[str]:
-    """A table (a row per type prefix, a column per status, totals) and the oldest age."""
+    """A table (a row per type prefix, a column per status, totals), the oldest age, and
+    the ordered keys in flight and held (when there are any)."""
     headers = ["prefix", *(s.value for s in Status), "total"]
     rows: list[list[Cell]] = [
         [prefix, *(counts[s] for s in Status), sum(counts.values())]
@@ -49,4 +53,10 @@ def as_text(snapshot: OutboxStats) -> list[str]:
     rows.append(["total", *(snapshot.by_status[s] for s in Status), snapshot.total])
     age = snapshot.oldest_claimable_age
     oldest = "nothing claimable" if age is None else f"oldest claimable: {format_age(age)} ago"
-    return [*table(headers, rows, left=["prefix"]), oldest]
+    lines = [*table(headers, rows, left=["prefix"]), oldest]
+    if snapshot.keys_in_flight or snapshot.keys_held:
+        lines.append(
+            f"keys: {snapshot.keys_in_flight} in flight, {snapshot.keys_held} held"
+            " behind a dead message"
+        )
+    return lines

@@ -69,6 +69,8 @@ def as_json(sample: LiveSample) -> dict[str, object]:
         "dead_per_second": _rounded(sample.dead_per_second),
         "lag_p50_seconds": _rounded(sample.lag_p50),
         "lag_p99_seconds": _rounded(sample.lag_p99),
+        "keys_in_flight": sample.keys_in_flight,
+        "keys_held": sample.keys_held,
         "by_prefix": {
             prefix: {
                 "pending": p.pending,
@@ -101,6 +103,8 @@ def as_line(sample: LiveSample) -> str:
         f"dead/s={format_rate(sample.dead_per_second)}",
         f"lag_p50={_lag(sample.lag_p50).replace(' ', '')}",
         f"lag_p99={_lag(sample.lag_p99).replace(' ', '')}",
+        f"keys_in_flight={sample.keys_in_flight}",
+        f"keys_held={sample.keys_held}",
     ]
     for prefix, p in sample.by_prefix.items():
         fields.append(

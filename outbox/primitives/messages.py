@@ -69,6 +69,9 @@ class ClaimedMessage:
     locked_until: datetime
     error: str | None
     lease_token: UUID
+    seq: int | None = None
+    """The message's position in its key's order (ordered claims of keyed rows), kept for
+    every redelivery; ``None`` for a row without a key or claimed unordered."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,10 +123,12 @@ class Acknowledger:
         max_attempts: int,
         metrics: WorkerMetrics,
         on_database_error: Callable[[BaseException], None],
+        hold_keys: bool = False,
     ) -> None:
         self.db = db
         self.worker_id = worker_id
         self.max_attempts = max_attempts
+        self.hold_keys = hold_keys
         self.metrics = metrics
         self.on_database_error = on_database_error
         self._buffer = Acks()
@@ -221,7 +223,9 @@ class Acknowledger:
         if acks.dead:
             messages = [message for message, _ in acks.dead]
             errors = {message.id: error for message, error in acks.dead}
-            result = await mark_dead(self.db, messages, worker_id=wid, error=errors)
+            result = await mark_dead(
+                self.db, messages, worker_id=wid, error=errors, hold_keys=self.hold_keys
+            )
             for message in messages:
                 if message.id in result.applied:
                     error = errors[message.id]
@@ -245,6 +249,7 @@ class Acknowledger:
                 error={message.id: r.error for message, r in acks.retried},
                 delay={message.id: r.delay or 0.0 for message, r in acks.retried},
                 max_attempts=self.max_attempts,
+                hold_keys=self.hold_keys,
             )
             for message, r in acks.retried:
                 if message.id in outcome.lost:

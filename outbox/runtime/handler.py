@@ -11,6 +11,12 @@ Most domain code handles one message at a time: write a :class:`MessageHandler` 
 in :class:`PerMessage`, which runs a batch's messages concurrently, each under a timeout, and
 maps :class:`~outbox.primitives.errors.RetryLaterError`, ``GiveUpError`` and any other
 exception to outcomes.
+
+**Ordered batches** (``ORDERING=key``): messages that carry a position (``seq``) come in
+their key's order. A handler must not deliver a key's message after one of that key failed
+in the same batch: it returns :data:`NOT_ATTEMPTED` for those (handed back uncounted, to go
+after the failed one). :class:`PerMessage` runs each key's messages one after another and
+does exactly that; the runtime logs a message delivered after a failure of its key.
 """
 
 from __future__ import annotations
@@ -31,10 +37,12 @@ from outbox.primitives.messages import ClaimedMessage
 
 __all__ = [
     "DELIVERED",
+    "NOT_ATTEMPTED",
     "Delivered",
     "GiveUp",
     "Handler",
     "MessageHandler",
+    "NotAttempted",
     "Outcome",
     "PerMessage",
     "Retry",
@@ -71,7 +79,16 @@ class GiveUp:
     error: str
 
 
-Outcome = Delivered | Retry | GiveUp
+@dataclass(frozen=True, slots=True)
+class NotAttempted:
+    """Not tried (an earlier message of its key failed in this batch): handed back to
+    ``pending`` with the attempt uncounted, behind the failed one."""
+
+
+NOT_ATTEMPTED: Final = NotAttempted()
+
+
+Outcome = Delivered | Retry | GiveUp | NotAttempted
 
 
 class Handler(Protocol):
@@ -114,6 +131,9 @@ class PerMessage:
     Each message gets ``timeout`` seconds (then :class:`Retry`). ``RetryLaterError`` and
     ``GiveUpError`` map to their outcomes, ``TransportUnavailable`` from any message hands
     the whole batch back, and any other exception is a :class:`Retry` with its text.
+    Messages with a key and a position (ordered claims) run one after another per key, in
+    the batch's order, while keys run concurrently; after a key's first message that is
+    not delivered, the rest of that key are :data:`NOT_ATTEMPTED`.
     """
 
     enforces_timeouts = True
@@ -133,10 +153,12 @@ class PerMessage:
         outcomes: list[Outcome] = [DELIVERED] * len(messages)
         transport_down: list[TransportUnavailable] = []
 
-        async def one(index: int, message: ClaimedMessage) -> None:
+        async def one(index: int, message: ClaimedMessage) -> bool:
+            """Handle one message; whether it was delivered."""
             try:
                 with anyio.fail_after(self.timeout):
                     await self.inner.handle(message)
+                return True
             except TransportUnavailable as exc:
                 transport_down.append(exc)
             except RetryLaterError as exc:
@@ -147,10 +169,34 @@ class PerMessage:
                 outcomes[index] = Retry(f"timed out after {self.timeout:g}s")
             except Exception as exc:
                 outcomes[index] = Retry(error_text(exc))
+            return False
+
+        async def in_order(indexes: list[int]) -> None:
+            for position, index in enumerate(indexes):
+                if not await one(index, messages[index]):
+                    for later in indexes[position + 1 :]:
+                        outcomes[later] = NOT_ATTEMPTED
+                    return
 
         async with anyio.create_task_group() as tg:
-            for index, message in enumerate(messages):
-                tg.start_soon(one, index, message)
+            for indexes in _by_key(messages):
+                tg.start_soon(in_order, indexes)
         if transport_down:
             raise transport_down[0]
         return outcomes
+
+
+def _by_key(messages: Sequence[ClaimedMessage]) -> list[list[int]]:
+    """Indexes of ``messages`` to run in order: one group per key of the positioned
+    messages (in batch order), one group per other message."""
+    groups: list[list[int]] = []
+    by_key: dict[str, list[int]] = {}
+    for index, message in enumerate(messages):
+        if message.key is None or message.seq is None:
+            groups.append([index])
+        elif message.key in by_key:
+            by_key[message.key].append(index)
+        else:
+            by_key[message.key] = group = [index]
+            groups.append(group)
+    return groups

@@ -32,7 +32,7 @@ from outbox.runtime.inflight import InFlight
 from outbox.runtime.metrics import WorkerMetrics
 from outbox.runtime.settings import WorkerSettings
 from outbox.runtime.wakeup import Wakeup
-from outbox.storage.claims import extend_lease, reap_expired_locks
+from outbox.storage.claims import extend_lease, reap_expired_locks, tidy_keys
 from outbox.storage.execution import AsyncDB
 from outbox.storage.stats import table_gauges
 
@@ -85,6 +85,8 @@ class Maintenance:
             try:
                 while await self._reap_once() == DEFAULT_REAP_LIMIT:
                     pass  # a full statement: more may be expired
+                if self.settings.ordered:
+                    await tidy_keys(self.db, idle_seconds=self.settings.lock_seconds)
             except Exception as exc:
                 self.health.database_failed(exc)
             await anyio.sleep(self.settings.reap_interval_seconds)
@@ -92,7 +94,10 @@ class Maintenance:
     async def _reap_once(self) -> int:
         """Reap one statement's worth of expired leases; return how many rows it changed."""
         reaped = await reap_expired_locks(
-            self.db, max_attempts=self.settings.max_attempts, limit=DEFAULT_REAP_LIMIT
+            self.db,
+            max_attempts=self.settings.max_attempts,
+            limit=DEFAULT_REAP_LIMIT,
+            hold_keys=self.settings.hold_keys,
         )
         self.metrics.reaped.labels("requeued").inc(len(reaped.requeued))
         self.metrics.reaped.labels("dead").inc(len(reaped.dead))

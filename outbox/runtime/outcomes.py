@@ -3,6 +3,10 @@
 The one place that decides, per message, how a handler's result is recorded:
 
 - :data:`~outbox.runtime.handler.DELIVERED` → ``published``; :class:`GiveUp` → ``dead``;
+- :data:`~outbox.runtime.handler.NOT_ATTEMPTED` → handed back uncounted (in an ordered
+  batch, a message after one of its key that failed); a message reported delivered after
+  one of its key failed in the same batch is logged (``message.out_of_order``): a handler
+  must not do that;
 - :class:`Retry` → rescheduled after :func:`retry_delay` (the one clamp of every retry delay),
   except an ``outage`` on the message's last attempt, which is handed back uncounted: an
   outage never burns a message into ``dead``;
@@ -27,7 +31,14 @@ from outbox.primitives.errors import TransportUnavailable, error_text
 from outbox.primitives.logs import log_event
 from outbox.primitives.messages import ClaimedMessage
 from outbox.runtime.acknowledger import Acks
-from outbox.runtime.handler import Delivered, GiveUp, Handler, Outcome, Retry
+from outbox.runtime.handler import (
+    Delivered,
+    GiveUp,
+    Handler,
+    NotAttempted,
+    Outcome,
+    Retry,
+)
 from outbox.runtime.health import Health
 
 __all__ = [
@@ -113,9 +124,25 @@ def acks_for_outcomes(
     if len(outcomes) != len(messages):
         error = f"handler returned {len(outcomes)} outcomes for {len(messages)} messages"
         return acks_for_failure(messages, error, backoff)
+    failed_keys: set[str] = set()  # ordered keys with a message not delivered in this batch
     for message, outcome in zip(messages, outcomes, strict=True):
+        ordered_key = message.key if message.seq is not None else None
         if isinstance(outcome, Delivered):
             acks.published.append(message)
+            if ordered_key in failed_keys:
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "message.out_of_order",
+                    id=message.id,
+                    key=ordered_key,
+                    seq=message.seq,
+                )
+            continue
+        if ordered_key is not None:
+            failed_keys.add(ordered_key)
+        if isinstance(outcome, NotAttempted):
+            acks.released.append((message, None))
         elif isinstance(outcome, GiveUp):
             acks.dead.append((message, str(outcome.error)))
         elif isinstance(outcome, Retry):

@@ -77,6 +77,13 @@ class WorkerSettings(BaseSettings):
     """Comma-separated type prefixes this worker takes (empty: every type)."""
     exclude_type_prefixes: str = ""
     """Comma-separated type prefixes this worker leaves alone."""
+    ordering: Literal["none", "key"] = "none"
+    """``key``: each key's messages are delivered in order, one batch per key in flight
+    across all workers, each with its position ``seq`` (docs/ordering.md); ``none``:
+    unordered. Every worker that takes a key's types must use the same setting."""
+    ordering_dead: Literal["skip", "hold"] = "skip"
+    """With ``ORDERING=key``, when a key's head goes ``dead``: ``skip`` moves the key on;
+    ``hold`` holds the key until that message is retried or purged."""
     batch_size: int = Field(100, ge=1, le=MAX_CLAIM_LIMIT)
     """Rows per claim."""
     concurrency: int | None = Field(None, ge=1, le=10 * MAX_CLAIM_LIMIT)
@@ -124,6 +131,11 @@ class WorkerSettings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("ordering", "ordering_dead", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("include_type_prefixes", "exclude_type_prefixes")
     @classmethod
@@ -174,6 +186,14 @@ class WorkerSettings(BaseSettings):
     @property
     def max_in_flight(self) -> int:
         return self.concurrency or 2 * self.batch_size
+
+    @property
+    def ordered(self) -> bool:
+        return self.ordering == "key"
+
+    @property
+    def hold_keys(self) -> bool:
+        return self.ordered and self.ordering_dead == "hold"
 
     @property
     def listens(self) -> bool:

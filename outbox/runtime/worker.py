@@ -136,6 +136,7 @@ class Worker:
             max_attempts=s.max_attempts,
             metrics=self.metrics,
             on_database_error=self.health.database_failed,
+            hold_keys=s.hold_keys,
         )
         try:
             async with anyio.create_task_group() as services:
@@ -166,6 +167,7 @@ class Worker:
                     exclude=",".join(s.exclude or ()),
                     batch_size=s.batch_size,
                     concurrency=s.max_in_flight,
+                    ordering=s.ordering,
                     listen=s.listens,
                 )
                 task_status.started()
@@ -239,6 +241,7 @@ class Worker:
                         worker_id=s.worker_id,
                         include_type_prefix=s.include,
                         exclude_type_prefix=s.exclude,
+                        ordered=s.ordered,
                     )
             except Exception as exc:
                 self.health.database_failed(exc)
@@ -288,6 +291,9 @@ class Worker:
         batch.decided = True
         await acker.submit(acks)
         self.in_flight.remove(batch)
+        if self.settings.ordered:
+            # The acks freed this batch's keys: what waited behind them is claimable now.
+            self.wakeup.wake()
         log_event(
             log,
             logging.DEBUG,

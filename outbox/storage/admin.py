@@ -24,6 +24,7 @@ from typing import Any
 
 from outbox.primitives.errors import InvalidArgumentError
 from outbox.primitives.prefixes import TypeRange, type_ranges
+from outbox.storage import key_order
 from outbox.storage import statements as sql
 from outbox.storage.audit import Audit
 from outbox.storage.claims import checked_now
@@ -472,6 +473,8 @@ class LiveSample:
     dead_per_second: float | None = None
     lag_p50: float | None = None
     lag_p99: float | None = None
+    keys_in_flight: int = 0
+    keys_held: int = 0
     by_prefix: dict[str, PrefixSample] = field(default_factory=dict)
 
 
@@ -482,7 +485,7 @@ async def live_sample(
 
     Counts come from the partial indexes, ``max(id)`` from the primary key, and the
     published rate and lags from the rows published since ``previous`` was taken (read on
-    ``ix_outbox_published_at``). Three statements.
+    ``ix_outbox_published_at``), and the ordered keys in flight and held. Four statements.
     """
     checked_now(now)
     taken_at, max_id, pending, in_progress, dead, age = (
@@ -494,6 +497,7 @@ async def live_sample(
     counts: dict[str, dict[str, int]] = {}
     for prefix, status, count in await fetch_all(db, sql.LIVE_BY_PREFIX, window):
         counts.setdefault(prefix, {})[status] = count
+    keys_in_flight, keys_held = (await fetch_all(db, key_order.KEY_COUNTS))[0]
     seconds = (taken_at - since).total_seconds()
 
     def rate(delta: float) -> float | None:
@@ -511,6 +515,8 @@ async def live_sample(
         dead_per_second=rate(dead - (previous.dead if previous else 0)),
         lag_p50=None if p50 is None else float(p50),
         lag_p99=None if p99 is None else float(p99),
+        keys_in_flight=keys_in_flight,
+        keys_held=keys_held,
         by_prefix={
             prefix: PrefixSample(
                 pending=c.get(Status.PENDING, 0),

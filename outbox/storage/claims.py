@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Executable
 from sqlalchemy.sql.dml import Update
 
 from outbox.primitives.backoff import BackoffPolicy, ExponentialBackoff
@@ -45,6 +46,7 @@ from outbox.primitives.errors import InvalidArgumentError, error_text
 from outbox.primitives.logs import log_event
 from outbox.primitives.messages import AckResult, ClaimedMessage, ReapResult, RescheduleResult
 from outbox.primitives.prefixes import PrefixArg, type_bounds, type_ranges
+from outbox.storage import key_order
 from outbox.storage import statements as sql
 from outbox.storage.execution import AsyncDB, Rows, fetch_all
 from outbox.storage.schema import Status
@@ -60,6 +62,7 @@ __all__ = [
     "release",
     "reschedule",
     "storable_error",
+    "tidy_keys",
 ]
 
 _default_backoff = ExponentialBackoff()
@@ -75,9 +78,15 @@ async def claim_batch(
     worker_id: str,
     include_type_prefix: PrefixArg = None,
     exclude_type_prefix: PrefixArg = None,
+    ordered: bool = False,
     now: datetime | None = None,
 ) -> list[ClaimedMessage]:
     """Claim up to ``limit`` claimable rows, oldest first, in one statement.
+
+    ``ordered``: keep each key's order (:mod:`outbox.storage.key_order`): a keyed row is
+    claimed only with its key's lease and in its key's order, and gets its position
+    (``seq``); the batch is returned in position order, rows without a key last. Every
+    worker that claims a key's rows must claim them ordered.
 
     Claimable: ``pending`` and ``next_attempt_at <= now``, with a type that starts with one
     of ``include_type_prefix`` (if given) and with none of ``exclude_type_prefix``. Prefixes
@@ -98,6 +107,7 @@ async def claim_batch(
         worker_id=worker_id,
         include_type_prefix=include_type_prefix,
         exclude_type_prefix=exclude_type_prefix,
+        ordered=ordered,
         now=now,
     )
     claimed: list[ClaimedMessage] = []
@@ -122,7 +132,10 @@ async def claim_batch(
                 attempt=message.attempts,
                 error=undecodable[message.id],
             )
-    claimed.sort(key=lambda m: (m.next_attempt_at, m.id))
+    if ordered:
+        claimed.sort(key=lambda m: (m.seq is None, m.seq or 0, m.id))
+    else:
+        claimed.sort(key=lambda m: (m.next_attempt_at, m.id))
     return claimed
 
 
@@ -133,6 +146,7 @@ def claim_statement(
     worker_id: str,
     include_type_prefix: PrefixArg = None,
     exclude_type_prefix: PrefixArg = None,
+    ordered: bool = False,
     now: datetime | None = None,
 ) -> tuple[Update, Mapping[str, object]]:
     """The statement :func:`claim_batch` runs and its parameters (for EXPLAIN)."""
@@ -145,12 +159,15 @@ def claim_statement(
         "lease": _seconds("lock_seconds", lock_seconds, positive=True),
         "now": checked_now(now),
     }
-    if ranges is None:
-        return sql.claim(False), params
-    params["type_lows"], params["type_highs"] = type_bounds(ranges)
-    params["pool"] = limit * FILTERED_CLAIM_POOL_FACTOR
-    params["walk"] = limit * FILTERED_CLAIM_WALK_FACTOR
-    return sql.claim(True), params
+    filtered = ranges is not None
+    if filtered or ordered:
+        params["walk"] = limit * FILTERED_CLAIM_WALK_FACTOR
+    if ranges is not None:
+        params["type_lows"], params["type_highs"] = type_bounds(ranges)
+        params["pool"] = limit * FILTERED_CLAIM_POOL_FACTOR
+    if ordered:
+        return key_order.ordered_claim(filtered), params
+    return sql.claim(filtered), params
 
 
 async def mark_published(
@@ -161,7 +178,7 @@ async def mark_published(
     now: datetime | None = None,
 ) -> AckResult:
     """Mark delivered messages ``published`` (one statement for the whole batch). Fenced."""
-    return await _acknowledge(db, sql.MARK_PUBLISHED, messages, worker_id, now)
+    return await _acknowledge(db, key_order.MARK_PUBLISHED, messages, worker_id, now)
 
 
 async def mark_dead(
@@ -170,10 +187,23 @@ async def mark_dead(
     *,
     worker_id: str,
     error: str | Mapping[int, str],
+    hold_keys: bool = False,
 ) -> AckResult:
-    """Give messages up now: ``dead`` with ``error`` (one text, or one per id). Fenced."""
+    """Give messages up now: ``dead`` with ``error`` (one text, or one per id). Fenced.
+
+    ``hold_keys``: a key whose message went dead waits behind it (ordered claims skip it)
+    until that message is retried or purged; else the key moves on.
+    """
     errors = [_error_for(m, error) for m in messages]
-    return await _acknowledge(db, sql.MARK_DEAD, messages, worker_id, None, lease_error=errors)
+    return await _acknowledge(
+        db,
+        key_order.MARK_DEAD,
+        messages,
+        worker_id,
+        None,
+        lease_error=errors,
+        hold_dead=hold_keys,
+    )
 
 
 async def reschedule(
@@ -185,24 +215,27 @@ async def reschedule(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     backoff: BackoffPolicy = _default_backoff,
     delay: float | timedelta | Mapping[int, float | timedelta] | None = None,
+    hold_keys: bool = False,
     now: datetime | None = None,
 ) -> RescheduleResult:
     """Record a failed attempt: retry later, or ``dead`` once attempts reach ``max_attempts``.
 
     The retry waits ``delay`` when given (a handler's "retry after N seconds"; one value or
     one per id), else ``backoff(attempts, type)``. ``error`` (one text, or one per id) is
-    stored either way. One statement for the whole batch. Fenced.
+    stored either way. One statement for the whole batch. Fenced. ``hold_keys``: as for
+    :func:`mark_dead`, for the messages that run out of attempts.
     """
     _check_max_attempts(max_attempts)
     rows = await _run_fenced(
         db,
-        sql.RESCHEDULE,
+        key_order.RESCHEDULE,
         messages,
         worker_id,
         now,
         lease_error=[_error_for(m, error) for m in messages],
         lease_delay=[_retry_delay(m, delay, backoff) for m in messages],
         max_attempts=max_attempts,
+        hold_dead=hold_keys,
     )
     dead = frozenset(id_ for id_, status in rows if status == Status.DEAD)
     retried = frozenset(id_ for id_, status in rows if status == Status.PENDING)
@@ -225,7 +258,7 @@ async def extend_lease(
     Ids in ``lost`` were reaped (or claimed again) already: stop working on them.
     """
     lease = _seconds("lock_seconds", lock_seconds, positive=True)
-    return await _acknowledge(db, sql.EXTEND_LEASE, messages, worker_id, now, lease=lease)
+    return await _acknowledge(db, key_order.EXTEND_LEASE, messages, worker_id, now, lease=lease)
 
 
 async def release(
@@ -243,7 +276,7 @@ async def release(
     may have started; reschedule it instead.
     """
     hold = None if delay is None else _seconds("delay", delay, positive=False)
-    return await _acknowledge(db, sql.RELEASE, messages, worker_id, now, hold=hold)
+    return await _acknowledge(db, key_order.RELEASE, messages, worker_id, now, hold=hold)
 
 
 async def reap_expired_locks(
@@ -251,6 +284,7 @@ async def reap_expired_locks(
     *,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     limit: int = DEFAULT_REAP_LIMIT,
+    hold_keys: bool = False,
     now: datetime | None = None,
 ) -> ReapResult:
     """Return rows whose lease ended before ``now`` to ``pending`` (claimable at once).
@@ -258,9 +292,11 @@ async def reap_expired_locks(
     The crashed attempt stays counted, so a message that keeps killing its worker runs out:
     rows already at ``max_attempts`` go ``dead`` instead, with the lease holder in ``error``.
     At most ``limit`` rows per call (call again while it returns a full batch). Safe to run
-    from every worker at once.
+    from every worker at once. Their keys' leases are counted down (``hold_keys``: as for
+    :func:`mark_dead`).
     """
-    rows = await fetch_all(db, sql.REAP, _reap_params(max_attempts, limit, now))
+    params = {**_reap_params(max_attempts, limit, now), "hold_dead": hold_keys}
+    rows = await fetch_all(db, key_order.REAP, params)
     return ReapResult(
         requeued=frozenset(i for i, s in rows if s == Status.PENDING),
         dead=frozenset(i for i, s in rows if s == Status.DEAD),
@@ -272,9 +308,33 @@ def reap_statement(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     limit: int = DEFAULT_REAP_LIMIT,
     now: datetime | None = None,
-) -> tuple[Update, Mapping[str, object]]:
+) -> tuple[Executable, Mapping[str, object]]:
     """The statement :func:`reap_expired_locks` runs and its parameters (for EXPLAIN)."""
-    return sql.REAP, _reap_params(max_attempts, limit, now)
+    return key_order.REAP, _reap_params(max_attempts, limit, now)
+
+
+async def tidy_keys(
+    db: AsyncDB,
+    *,
+    idle_seconds: float,
+    limit: int = DEFAULT_REAP_LIMIT,
+    now: datetime | None = None,
+) -> int:
+    """Keys' housekeeping; returns how many key rows it freed or deleted.
+
+    Deletes free keys last leased more than ``idle_seconds`` ago (a key's row holds no
+    position, so nothing is lost), and frees keys leased that long ago whose rows are no
+    longer in flight (a leased row changed by hand). At most ``limit`` of each per call.
+    """
+    _check_limit(limit)
+    params = {
+        "idle": _seconds("idle_seconds", idle_seconds, positive=True),
+        "limit": limit,
+        "now": checked_now(now),
+    }
+    freed = await fetch_all(db, key_order.TIDY_KEYS, params)
+    deleted = await fetch_all(db, key_order.DELETE_IDLE_KEYS, params)
+    return len(freed) + len(deleted)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -288,7 +348,7 @@ def _reap_params(max_attempts: int, limit: int, now: datetime | None) -> dict[st
 
 async def _run_fenced(
     db: AsyncDB,
-    statement: Update,
+    statement: Executable,
     messages: Sequence[ClaimedMessage],
     worker_id: str,
     now: datetime | None,
@@ -306,7 +366,7 @@ async def _run_fenced(
 
 async def _acknowledge(
     db: AsyncDB,
-    statement: Update,
+    statement: Executable,
     messages: Sequence[ClaimedMessage],
     worker_id: str,
     now: datetime | None,

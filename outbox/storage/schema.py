@@ -16,6 +16,9 @@ Index plan (each keeps one hot query an index scan at any table size):
 * ``ix_outbox_dead_at``: ``(dead_at, id) WHERE status = 'dead'`` -- listing, retrying and
   purging dead rows by when they died (keyset walks on both columns).
 * ``uq_outbox_dedupe_key``: unique ``(dedupe_key) WHERE dedupe_key IS NOT NULL``.
+* ``ix_outbox_key_order``: ``(key, seq, id) WHERE status IN ('pending', 'in_progress') AND
+  key IS NOT NULL`` -- a key's live rows in delivery order (positioned rows first, by
+  ``seq``; then the rest by ``id``), read by the ordered claim one key at a time.
 
 Beyond DESIGN.md's columns, ``lease_token`` (uuid) names one claim: a fresh random value is
 set at every claim and cleared when the lease ends, and every acknowledgement is fenced on
@@ -23,6 +26,11 @@ it. ``(id, attempts)`` alone is not unique per claim, because ``release`` hands 
 back. ``dead_at`` says when a row went dead: a trigger (migration ``outbox_0003``) sets it
 whenever ``status`` becomes ``dead``, by whatever statement, and clears it when the row
 leaves ``dead``, so it is never stale and no statement has to remember it.
+
+Per-key order (migration ``outbox_0005``, ``docs/ordering.md``): ``seq`` is a message's
+position, taken from the sequence ``outbox_seq`` by the ordered claim the first time the row
+is claimed and kept for every redelivery; ``outbox_keys`` holds one row per key with a batch
+in flight (``inflight`` rows not yet acknowledged) or held behind a dead head (``held_by``).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Sequence,
     Table,
     Text,
     func,
@@ -47,9 +56,12 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 __all__ = [
     "AUDIT_TABLE_NAME",
+    "KEYS_TABLE_NAME",
     "OUTBOX_TABLE_NAME",
+    "POSITION_SEQUENCE",
     "Status",
     "audit_table",
+    "keys_table",
     "metadata",
     "outbox_table",
 ]
@@ -93,6 +105,8 @@ outbox_table = Table(
     # Set and cleared by the trigger of migration outbox_0003 (status becomes / leaves dead).
     Column("dead_at", DateTime(timezone=True), nullable=True),
     Column("dedupe_key", Text, nullable=True),
+    # The message's position in its key's delivery order (migration outbox_0005).
+    Column("seq", BigInteger, nullable=True),
     CheckConstraint(f"status IN ({_STATUS_VALUES})", name="ck_outbox_status"),
     CheckConstraint("attempts >= 0", name="ck_outbox_attempts_nonnegative"),
 )
@@ -134,6 +148,37 @@ Index(
     unique=True,
     postgresql_where=text("dedupe_key IS NOT NULL"),
 )
+Index(
+    "ix_outbox_key_order",
+    outbox_table.c.key,
+    outbox_table.c.seq,
+    outbox_table.c.id,
+    postgresql_where=text("status IN ('pending', 'in_progress') AND key IS NOT NULL"),
+)
+
+# -- per-key order (migration outbox_0005) ------------------------------------------------------
+
+KEYS_TABLE_NAME = "outbox_keys"
+
+POSITION_SEQUENCE = Sequence("outbox_seq", metadata=metadata)
+"""Positions (``outbox.seq``): one value per message, taken in delivery order of its key."""
+
+keys_table = Table(
+    KEYS_TABLE_NAME,
+    metadata,
+    Column("key", Text, primary_key=True),
+    # Rows of the batch in flight not yet acknowledged; 0: the key is free.
+    Column("inflight", Integer, nullable=False, server_default=text("0")),
+    # When the batch in flight was claimed plus its lease (not extended by heartbeats).
+    Column("locked_until", DateTime(timezone=True), nullable=True),
+    # The dead head this key waits behind (ORDERING_DEAD=hold), until it is retried or purged.
+    Column("held_by", BigInteger, nullable=True),
+    CheckConstraint("inflight >= 0", name="ck_outbox_keys_inflight_nonnegative"),
+)
+"""A key's lease: at most one batch of a key is in flight, across every worker."""
+
+# Maintenance finds idle keys to delete, and leases to check, by when they were claimed.
+Index("ix_outbox_keys_locked_until", keys_table.c.locked_until)
 
 # -- the operators' audit trail (migration outbox_0004) ----------------------------------------
 

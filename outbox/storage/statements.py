@@ -1,6 +1,7 @@
 """Every SQL statement the library runs against the outbox table, built once.
 
-The only module that builds SQL. Statements are SQLAlchemy Core templates with named bind
+With :mod:`outbox.storage.key_order` (the ordered claim and the key leases), the only
+module that builds SQL. Statements are SQLAlchemy Core templates with named bind
 parameters, built at import (or once per type filter, cached), so the hot path never
 rebuilds or recompiles them. Callers pass the values at execution.
 
@@ -62,6 +63,7 @@ from outbox.primitives.prefixes import TypeRange
 from outbox.storage.schema import Status, outbox_table
 
 __all__ = [
+    "CHANGED_COLUMNS",
     "CLAIMED_COLUMNS",
     "COUNT_DEAD_BEFORE",
     "COUNT_PUBLISHED_BEFORE",
@@ -120,6 +122,7 @@ CLAIMED_COLUMNS = (
     col.locked_until,
     col.error,
     col.lease_token,
+    col.seq,
 )
 
 # -- enqueue -------------------------------------------------------------------------------
@@ -237,55 +240,14 @@ def _type_ranges() -> Any:
 def _oldest_claimable_in_ranges() -> CTE:
     """Filtered by type: the same rows and order as unfiltered, at about the same cost.
 
-    1. ``walk``: the oldest ``:walk`` claimable rows of any type, in ``ix_outbox_claimable``
-       order, no locks (a bounded read, whatever the planner knows of the table), each
-       marked ``wanted`` when its type is in a range;
-    2. ``decision``: when at least ``:limit`` of them are wanted, or the walk saw every
-       claimable row, the wanted ones are the oldest claimable rows of the wanted types,
-       and (up to ``:pool`` of them) they are the pool;
-    3. only otherwise (the walk met mostly other types: an older backlog of an excluded
-       domain), the per-type merge: the distinct pending types inside the ranges, found by a
-       loose index scan of ``ix_outbox_claimable_type``, and per type its oldest ``:pool``
-       claimable rows, merged by age. Its cost grows with the number of distinct pending
-       types in the ranges, never with the other backlog. A one-time filter skips it
-       entirely when the walk decided;
-    4. of the ``:pool`` oldest, lock the oldest ``:limit`` still claimable, skipping rows
-       other claimers hold (``FOR UPDATE SKIP LOCKED``; the status is re-checked on the
-       locked row).
-
-    Only the claimed rows are locked. ``:pool`` is larger than ``:limit`` (see
-    :data:`~outbox.primitives.constants.FILTERED_CLAIM_POOL_FACTOR`) so that claimers
-    racing for the same oldest rows still fill their batches.
+    Of :func:`claimable_pool`'s ``:pool`` oldest, lock the oldest ``:limit`` still
+    claimable, skipping rows other claimers hold (``FOR UPDATE SKIP LOCKED``; the status is
+    re-checked on the locked row). Only the claimed rows are locked. ``:pool`` is larger
+    than ``:limit`` (see :data:`~outbox.primitives.constants.FILTERED_CLAIM_POOL_FACTOR`) so
+    that claimers racing for the same oldest rows still fill their batches.
     """
     pool_size = bindparam("pool", type_=Integer)
-    walk_size = bindparam("walk", type_=Integer)
-    ranges = _type_ranges()
-    wanted = (
-        select(literal(1))
-        .select_from(ranges)
-        .where(col.type >= ranges.c.low, col.type < ranges.c.high)
-        .exists()
-    )
-    walk = (
-        select(col.id, col.next_attempt_at, wanted.label("wanted"))
-        .where(col.status == PENDING, col.next_attempt_at <= CLOCK)
-        .order_by(col.next_attempt_at, col.id)
-        .limit(walk_size)
-        .cte("walk")
-        .prefix_with("MATERIALIZED")
-    )
-    decision = select(
-        or_(
-            func.count().filter(walk.c.wanted) >= _limit(),
-            func.count() < walk_size,
-        ).label("walk_decides")
-    ).cte("decision")
-    walk_decides = select(decision.c.walk_decides).scalar_subquery()
-    merged = _oldest_per_type(pool_size)
-    pool = union_all(
-        select(walk.c.id, walk.c.next_attempt_at).where(walk.c.wanted, walk_decides),
-        select(merged.c.id, merged.c.next_attempt_at).where(~walk_decides),
-    ).cte("pool")
+    pool = claimable_pool(filtered=True)
     oldest = select(pool.c.id).order_by(pool.c.next_attempt_at, pool.c.id).limit(pool_size)
     return (
         select(col.id)
@@ -301,12 +263,75 @@ def _oldest_claimable_in_ranges() -> CTE:
     )
 
 
+def claimable_pool(*, filtered: bool) -> CTE:
+    """Claimable rows ``(id, key, next_attempt_at)`` to claim from, oldest first, unlocked.
+
+    Unfiltered: the oldest ``:walk`` claimable rows (``ix_outbox_claimable``). Filtered by
+    the types in the ranges:
+
+    1. ``walk``: the oldest ``:walk`` claimable rows of any type, in ``ix_outbox_claimable``
+       order, no locks (a bounded read, whatever the planner knows of the table), each
+       marked ``wanted`` when its type is in a range;
+    2. ``decision``: when at least ``:limit`` of them are wanted, or the walk saw every
+       claimable row, the wanted ones are the oldest claimable rows of the wanted types,
+       and they are the pool;
+    3. only otherwise (the walk met mostly other types: an older backlog of an excluded
+       domain), the per-type merge: the distinct pending types inside the ranges, found by a
+       loose index scan of ``ix_outbox_claimable_type``, and per type its oldest ``:pool``
+       claimable rows, merged by age. Its cost grows with the number of distinct pending
+       types in the ranges, never with the other backlog. A one-time filter skips it
+       entirely when the walk decided.
+    """
+    walk_size = bindparam("walk", type_=Integer)
+    if not filtered:
+        return (
+            select(col.id, col.key, col.next_attempt_at)
+            .where(col.status == PENDING, col.next_attempt_at <= CLOCK)
+            .order_by(col.next_attempt_at, col.id)
+            .limit(walk_size)
+            .cte("pool")
+            .prefix_with("MATERIALIZED")
+        )
+    pool_size = bindparam("pool", type_=Integer)
+    walk = (
+        select(col.id, col.key, col.next_attempt_at, in_type_ranges().label("wanted"))
+        .where(col.status == PENDING, col.next_attempt_at <= CLOCK)
+        .order_by(col.next_attempt_at, col.id)
+        .limit(walk_size)
+        .cte("walk")
+        .prefix_with("MATERIALIZED")
+    )
+    decision = select(
+        or_(
+            func.count().filter(walk.c.wanted) >= _limit(),
+            func.count() < walk_size,
+        ).label("walk_decides")
+    ).cte("decision")
+    walk_decides = select(decision.c.walk_decides).scalar_subquery()
+    merged = _oldest_per_type(pool_size)
+    return union_all(
+        select(walk.c.id, walk.c.key, walk.c.next_attempt_at).where(walk.c.wanted, walk_decides),
+        select(merged.c.id, merged.c.key, merged.c.next_attempt_at).where(~walk_decides),
+    ).cte("pool")
+
+
+def in_type_ranges() -> Any:
+    """Whether the row's ``type`` is in one of the ranges ``:type_lows``/``:type_highs``."""
+    ranges = _type_ranges()
+    return (
+        select(literal(1))
+        .select_from(ranges)
+        .where(col.type >= ranges.c.low, col.type < ranges.c.high)
+        .exists()
+    )
+
+
 def _oldest_per_type(pool_size: Any) -> Any:
     """The oldest ``pool_size`` claimable rows of the pending types in the ranges, read per
     type from ``ix_outbox_claimable_type`` (a LATERAL probe per type, merged by age)."""
     pending_types = _pending_types()
     per_type = (
-        select(col.id, col.next_attempt_at)
+        select(col.id, col.key, col.next_attempt_at)
         .where(
             col.status == PENDING,
             # A range of one type, not "type = ...": an equality would make ``type`` a
@@ -323,7 +348,7 @@ def _oldest_per_type(pool_size: Any) -> Any:
         .lateral("per_type")
     )
     return (
-        select(per_type.c.id, per_type.c.next_attempt_at)
+        select(per_type.c.id, per_type.c.key, per_type.c.next_attempt_at)
         .select_from(pending_types.join(per_type, true()))
         .where(pending_types.c.type.isnot(None))
         .order_by(per_type.c.next_attempt_at, per_type.c.id)
@@ -362,6 +387,10 @@ def _pending_types() -> CTE:
 LEASE_ENDED: dict[str, Any] = {"locked_by": null(), "locked_until": null(), "lease_token": null()}
 """The values that end a lease (SQL NULLs, not bound parameters)."""
 
+CHANGED_COLUMNS = (col.id, col.status, col.key, col.seq)
+"""What every statement that ends a lease returns: ``(id, new status, key, seq)``; the key
+and position let :mod:`outbox.storage.key_order` free the key's lease in the same statement."""
+
 _LEASE_IDS = bindparam("lease_ids", type_=ARRAY(BigInteger))
 _LEASE_TOKENS = bindparam("lease_tokens", type_=ARRAY(UUID(as_uuid=True)))
 
@@ -393,9 +422,9 @@ MARK_PUBLISHED: Update = (
         **LEASE_ENDED,
         error=null(),
     )
-    .returning(col.id)
+    .returning(*CHANGED_COLUMNS)
 )
-"""Leased rows -> ``published``. Returns the ids it changed."""
+"""Leased rows -> ``published``. Returns :data:`CHANGED_COLUMNS` of the rows it changed."""
 
 MARK_DEAD: Update = (
     update(outbox_table)
@@ -405,9 +434,9 @@ MARK_DEAD: Update = (
         error=_per_lease("error", Text),
         **LEASE_ENDED,
     )
-    .returning(col.id)
+    .returning(*CHANGED_COLUMNS)
 )
-"""Leased rows -> ``dead`` with ``:lease_error``. Returns the ids it changed."""
+"""Leased rows -> ``dead`` with ``:lease_error``. Returns :data:`CHANGED_COLUMNS`."""
 
 RESCHEDULE: Update = (
     update(outbox_table)
@@ -420,11 +449,11 @@ RESCHEDULE: Update = (
         error=_per_lease("error", Text),
         **LEASE_ENDED,
     )
-    .returning(col.id, col.status)
+    .returning(*CHANGED_COLUMNS)
 )
 """Leased rows -> ``pending`` after ``:lease_delay`` seconds, or ``dead`` once their
 attempts reach ``:max_attempts``; ``error`` from ``:lease_error``. Returns
-``(id, new status)``."""
+:data:`CHANGED_COLUMNS` (with the new status)."""
 
 EXTEND_LEASE: Update = (
     update(outbox_table)
@@ -449,9 +478,9 @@ RELEASE: Update = (
         ),
         **LEASE_ENDED,
     )
-    .returning(col.id)
+    .returning(*CHANGED_COLUMNS)
 )
-"""Leased rows -> ``pending``, the attempt uncounted. Returns the ids it changed."""
+"""Leased rows -> ``pending``, the attempt uncounted. Returns :data:`CHANGED_COLUMNS`."""
 
 # -- maintenance and reads -----------------------------------------------------------------
 
@@ -478,10 +507,10 @@ REAP: Update = (
         + cast(col.attempts, Text),
         **LEASE_ENDED,
     )
-    .returning(col.id, col.status)
+    .returning(*CHANGED_COLUMNS)
 )
 """Up to ``:limit`` leases that ended before ``now`` -> ``pending`` (due at once), or
-``dead`` at ``:max_attempts``. Returns ``(id, new status)``."""
+``dead`` at ``:max_attempts``. Returns :data:`CHANGED_COLUMNS` (with the new status)."""
 
 _prefix = case(
     (func.strpos(col.type, ".") > 0, func.split_part(col.type, ".", 1) + literal(".", Text)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from outbox.storage import key_order
 from outbox.storage import statements as sql
 from outbox.storage.execution import AsyncDB, fetch_all
 from outbox.storage.schema import Status
@@ -25,6 +26,10 @@ class OutboxStats:
     by_status: dict[Status, int]
     by_prefix: dict[str, dict[Status, int]] = field(default_factory=dict)
     oldest_claimable_age: float | None = None
+    keys_in_flight: int = 0
+    """Keys with a batch in flight (ordered workers)."""
+    keys_held: int = 0
+    """Keys held behind a dead head (``ORDERING_DEAD=hold``) until it is retried or purged."""
 
     @property
     def total(self) -> int:
@@ -40,7 +45,7 @@ def type_prefix_of(message_type: str) -> str:
 async def stats(db: AsyncDB, *, now: datetime | None = None) -> OutboxStats:
     """Counts per status and per type prefix, and the oldest claimable row's age.
 
-    Two statements. The counts read every row (published ones included): fine for an
+    Three statements. The counts read every row (published ones included): fine for an
     operator's command, too heavy to run every second on a very large table.
     """
     by_status = dict.fromkeys(Status, 0)
@@ -51,10 +56,13 @@ async def stats(db: AsyncDB, *, now: datetime | None = None) -> OutboxStats:
         by_prefix.setdefault(name, dict.fromkeys(Status, 0))[state] += count
     age_rows = await fetch_all(db, sql.OLDEST_CLAIMABLE_AGE, {"now": now})
     age = age_rows[0][0] if age_rows else None
+    in_flight, held = (await fetch_all(db, key_order.KEY_COUNTS))[0]
     return OutboxStats(
         by_status=by_status,
         by_prefix=dict(sorted(by_prefix.items())),
         oldest_claimable_age=None if age is None else max(0.0, float(age)),
+        keys_in_flight=in_flight,
+        keys_held=held,
     )
 
 

@@ -1,0 +1,352 @@
+"""Per-key order in SQL: the ordered claim, and the key leases every acknowledgement frees.
+
+The contract (docs/ordering.md):
+
+* **Positions.** A keyed row gets its position ``seq`` from the sequence ``outbox_seq`` the
+  first time an ordered claim takes it, in its key's order, and keeps it for every
+  redelivery. A key's order is: rows that have a position, by ``seq``; then the others by
+  ``id`` (``ix_outbox_key_order``, where ``NULL`` sorts last). Rows are positioned only
+  once committed and seen, so a transaction that commits late takes its place after what
+  its key has delivered, and an open transaction holds nothing back.
+* **One batch per key in flight.** A claim leases a key by writing its row in
+  ``outbox_keys`` (``inflight`` = the rows it claimed); every statement that ends one of
+  those rows' leases (published, dead, retried, released, reaped) counts them back down in
+  the same statement, and the key is free at 0. Claimers never wait for one another: a
+  key another claimer is leasing right now is skipped (a transaction-scoped advisory lock
+  on the key, tried without waiting), and a key whose row shows a lease is skipped.
+* **A key's batch is a prefix of its order.** The claim reads the key's live rows in order
+  and takes them while each is pending, due and of a wanted type; it stops at the first
+  that is not (a retry waiting for its time holds its key back). The rows are re-read
+  under their row locks, so a decision made on the statement's snapshot is checked
+  against the latest versions: a row that changed since stops the batch there.
+
+All of it is one statement per claim and per acknowledgement; its cost per claimed row
+depends on neither a key's backlog nor the number of keys.
+"""
+
+from __future__ import annotations
+
+import zlib
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    Integer,
+    Interval,
+    Select,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    true,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.sql.dml import Update
+
+from outbox.storage import statements as sql
+from outbox.storage.schema import KEYS_TABLE_NAME, POSITION_SEQUENCE, keys_table, outbox_table
+
+__all__ = [
+    "EXTEND_LEASE",
+    "KEY_COUNTS",
+    "MARK_DEAD",
+    "MARK_PUBLISHED",
+    "REAP",
+    "RELEASE",
+    "RESCHEDULE",
+    "TIDY_KEYS",
+    "ordered_claim",
+]
+
+col = outbox_table.c
+keys = keys_table.c
+
+KEY_LOCK_CLASS = zlib.crc32(KEYS_TABLE_NAME.encode()) & 0x7FFFFFFF
+"""The first half of the advisory lock a claim tries on a key it is about to lease (the
+second is ``hashtext(key)``): claimers skip a key another claimer holds right now."""
+
+
+def _limit() -> Any:
+    return bindparam("limit", type_=Integer)
+
+
+@lru_cache(maxsize=2)
+def ordered_claim(filtered: bool) -> Update:
+    """The ordered claim, as one statement (the parameters of
+    :func:`outbox.storage.statements.claim`, with ``:walk`` and, filtered, ``:pool``).
+
+    1. ``pool``: the oldest claimable rows (:func:`~outbox.storage.statements.claimable_pool`);
+    2. rows without a key are claimed as the unordered claim does (locked, skipping rows
+       other claimers hold);
+    3. the keys of the others, oldest first, up to ``:limit`` keys, without a lease or a
+       hold; of those, the keys no other claimer is leasing right now;
+    4. per key, its live rows in order (``ix_outbox_key_order``, at most as many as the key
+       has in the pool), locked, and kept while each is pending, due and wanted;
+    5. ``:limit`` of all, round by round (each key's first row, oldest key first, with the
+       rows without a key; then each key's second row...); the keys' leases written
+       (``ON CONFLICT``: a key leased meanwhile is not taken), positions given in each
+       key's order, the rows leased.
+
+    Returns :data:`~outbox.storage.statements.CLAIMED_COLUMNS`.
+    """
+    pool = sql.claimable_pool(filtered=filtered)
+    wanted = (sql.in_type_ranges(),) if filtered else ()
+    claimable = (col.status == sql.PENDING, col.next_attempt_at <= sql.CLOCK, *wanted)
+
+    keyed = (
+        select(
+            pool.c.key,
+            func.min(pool.c.next_attempt_at).label("since"),
+            func.min(pool.c.id).label("first_id"),
+            func.count().label("seen"),
+        )
+        .where(pool.c.key.isnot(None))
+        .group_by(pool.c.key)
+        .subquery("keyed")
+    )
+    leased_or_held = (
+        select(literal(1))
+        .where(keys.key == keyed.c.key, or_(keys.inflight > 0, keys.held_by.isnot(None)))
+        .exists()
+    )
+    free_keys = (
+        select(keyed)
+        .where(~leased_or_held)
+        .order_by(keyed.c.since, keyed.c.first_id)
+        .limit(_limit())
+        .cte("free_keys")
+        .prefix_with("MATERIALIZED")
+    )
+    grabbed = (
+        select(free_keys)
+        .where(func.pg_try_advisory_xact_lock(KEY_LOCK_CLASS, func.hashtext(free_keys.c.key)))
+        .cte("grabbed")
+        .prefix_with("MATERIALIZED")
+    )
+    live = (
+        select(col.id, col.seq)
+        .where(
+            col.key == grabbed.c.key,
+            col.status.in_([sql.PENDING, sql.IN_PROGRESS]),
+        )
+        .order_by(col.seq, col.id)
+        .limit(func.least(grabbed.c.seen, _limit()))
+        .lateral("live")
+    )
+    heads = (
+        select(grabbed.c.key, grabbed.c.since, grabbed.c.first_id, live.c.id, live.c.seq)
+        .select_from(grabbed.join(live, true()))
+        .cte("heads")
+        .prefix_with("MATERIALIZED")
+    )
+    # The latest versions, under row locks: a row that changed since the snapshot and is no
+    # longer claimable drops out here, and its key's batch stops before it.
+    locked = (
+        select(col.id, col.seq)
+        .where(col.id == func.any(func.array(select(heads.c.id).scalar_subquery())), *claimable)
+        .with_for_update(skip_locked=True)
+        .cte("locked")
+        .prefix_with("MATERIALIZED")
+    )
+    key_order = (heads.c.seq, heads.c.id)
+    ranked = (
+        select(
+            heads.c.id,
+            heads.c.key,
+            heads.c.since,
+            heads.c.first_id,
+            locked.c.seq,
+            func.row_number().over(partition_by=heads.c.key, order_by=key_order).label("ord"),
+            func.bool_and(locked.c.id.isnot(None))
+            .over(partition_by=heads.c.key, order_by=key_order)
+            .label("unbroken"),
+        )
+        .select_from(heads.outerjoin(locked, locked.c.id == heads.c.id))
+        .subquery("ranked")
+    )
+    loose = select(
+        pool.c.id,
+        null().label("key"),
+        pool.c.next_attempt_at.label("since"),
+        pool.c.id.label("first_id"),
+        null().label("seq"),
+        literal(1).label("ord"),
+    ).where(pool.c.key.is_(None))
+    prefixes = select(
+        ranked.c.id, ranked.c.key, ranked.c.since, ranked.c.first_id, ranked.c.seq, ranked.c.ord
+    ).where(ranked.c.unbroken)
+    candidates = union_all(loose, prefixes).subquery("candidates")
+    picked = (
+        select(candidates)
+        # Round by round (each key's first row, then each key's second...): fair across
+        # keys, and a key's rows are taken only after the rows before them in its order.
+        .order_by(candidates.c.ord, candidates.c.since, candidates.c.first_id)
+        .limit(_limit())
+        .cte("picked")
+        .prefix_with("MATERIALIZED")
+    )
+    loose_locked = (
+        select(col.id)
+        .where(
+            col.id
+            == func.any(
+                func.array(select(picked.c.id).where(picked.c.key.is_(None)).scalar_subquery())
+            ),
+            *claimable,
+        )
+        .with_for_update(skip_locked=True)
+        .cte("loose_locked")
+        .prefix_with("MATERIALIZED")
+    )
+    lease_until = sql.CLOCK + bindparam("lease", type_=Interval())
+    new_leases = (
+        select(picked.c.key, func.count(), lease_until)
+        .where(picked.c.key.isnot(None))
+        .group_by(picked.c.key)
+        .order_by(picked.c.key)
+    )
+    upsert = insert(keys_table).from_select(["key", "inflight", "locked_until"], new_leases)
+    leases = (
+        upsert.on_conflict_do_update(
+            index_elements=[keys.key],
+            set_={
+                "inflight": upsert.excluded.inflight,
+                "locked_until": upsert.excluded.locked_until,
+            },
+            where=and_(keys.inflight == 0, keys.held_by.is_(None)),
+        )
+        .returning(keys.key)
+        .cte("leases")
+    )
+    # Positions in each key's order: nextval() runs in the order of this ordered subquery.
+    granted = (
+        select(picked.c.id, picked.c.seq)
+        .where(picked.c.key == func.any(func.array(select(leases.c.key).scalar_subquery())))
+        .order_by(picked.c.key, picked.c.ord)
+        .subquery("granted")
+    )
+    positioned = select(
+        granted.c.id, func.coalesce(granted.c.seq, POSITION_SEQUENCE.next_value()).label("pos")
+    ).subquery("positioned")
+    taken = union_all(
+        select(positioned.c.id, positioned.c.pos),
+        select(loose_locked.c.id, null()),
+    ).subquery("taken")
+    assigned = select(
+        func.array_agg(taken.c.id).label("ids"), func.array_agg(taken.c.pos).label("positions")
+    ).cte("assigned")
+    # Cast: "= ANY(subquery)" would compare with each row; this is one array value.
+    ids = cast(select(assigned.c.ids).scalar_subquery(), ARRAY(BigInteger))
+    positions = select(assigned.c.positions).scalar_subquery()
+    return (
+        update(outbox_table)
+        .where(col.id == func.any(ids), col.status == sql.PENDING)
+        .values(
+            status=sql.IN_PROGRESS,
+            attempts=col.attempts + 1,
+            locked_by=bindparam("worker_id", type_=Text),
+            locked_until=lease_until,
+            lease_token=func.gen_random_uuid(),
+            seq=positions[func.array_position(ids, col.id)],
+        )
+        .returning(*sql.CLAIMED_COLUMNS)
+    )
+
+
+# -- ending leases: every statement that ends a row's lease counts its key back down ---------
+
+
+def releasing_keys(ends_leases: Update, *returned: str) -> Select[Any]:
+    """``ends_leases`` (returning :data:`~outbox.storage.statements.CHANGED_COLUMNS`) with
+    its keys' leases counted down in the same statement; returns the ``returned`` columns.
+
+    Only positioned rows count (an ordered claim leased their key). ``:hold_dead`` (default
+    false): a key whose row went ``dead`` here stays held behind it (``held_by``) until that
+    row is retried or purged (triggers of migration ``outbox_0005``). The count is an
+    ``UPDATE`` of the key's row, so concurrent acknowledgements of one key's rows serialize
+    on it and never lose a decrement.
+    """
+    changed = ends_leases.cte("changed")
+    hold = bindparam("hold_dead", value=False, type_=Boolean)
+    per_key = (
+        select(
+            changed.c.key,
+            func.count().label("ended"),
+            func.min(changed.c.id)
+            .filter(and_(changed.c.status == sql.DEAD, hold))
+            .label("dead_head"),
+        )
+        .where(changed.c.key.isnot(None), changed.c.seq.isnot(None))
+        .group_by(changed.c.key)
+        .cte("per_key")
+    )
+    counted_down = (
+        update(keys_table)
+        .where(keys.key == per_key.c.key)
+        .values(
+            inflight=func.greatest(keys.inflight - per_key.c.ended, 0),
+            held_by=func.coalesce(keys.held_by, per_key.c.dead_head),
+        )
+        .returning(keys.key)
+        .cte("counted_down")
+    )
+    return select(*(changed.c[name] for name in returned)).add_cte(counted_down)
+
+
+MARK_PUBLISHED = releasing_keys(sql.MARK_PUBLISHED, "id")
+MARK_DEAD = releasing_keys(sql.MARK_DEAD, "id")
+RESCHEDULE = releasing_keys(sql.RESCHEDULE, "id", "status")
+RELEASE = releasing_keys(sql.RELEASE, "id")
+REAP = releasing_keys(sql.REAP, "id", "status")
+EXTEND_LEASE = sql.EXTEND_LEASE  # a heartbeat keeps the key's lease as it is
+
+_idle_keys = (
+    select(keys.key)
+    .where(keys.locked_until < sql.CLOCK - bindparam("idle", type_=Interval()))
+    .order_by(keys.locked_until)
+    .limit(_limit())
+    .cte("idle_keys")
+)
+_still_in_flight = (
+    select(literal(1)).where(col.key == keys.key, col.status == sql.IN_PROGRESS).exists()
+)
+TIDY_KEYS = (
+    update(keys_table)
+    .where(
+        keys.key == func.any(func.array(select(_idle_keys.c.key).scalar_subquery())),
+        keys.inflight > 0,
+        ~_still_in_flight,
+    )
+    .values(inflight=0)
+    .returning(keys.key)
+)
+"""Repair: keys leased longer ago than ``:idle`` whose rows are no longer in flight (a row
+changed by hand while leased) are freed. Up to ``:limit`` of the oldest leases looked at."""
+
+DELETE_IDLE_KEYS = (
+    keys_table.delete()
+    .where(
+        keys.key == func.any(func.array(select(_idle_keys.c.key).scalar_subquery())),
+        keys.inflight == 0,
+        keys.held_by.is_(None),
+    )
+    .returning(keys.key)
+)
+"""Free keys last leased longer ago than ``:idle``: their rows are deleted (a key's row
+holds no position; the next claim writes it again). Up to ``:limit`` looked at."""
+
+KEY_COUNTS: Select[int, int] = select(
+    func.count().filter(keys.inflight > 0),
+    func.count().filter(keys.held_by.isnot(None)),
+).select_from(keys_table)
+"""``(keys with a batch in flight, keys held behind a dead head)``."""

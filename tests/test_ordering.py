@@ -1,0 +1,351 @@
+"""Per-key order in the storage layer: positions, key leases, failures, the reaper, races.
+
+Real PostgreSQL; the claims are the library's own calls with ``ordered=True``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox import (
+    ClaimedMessage,
+    GiveUpError,
+    NewMessage,
+    PerMessage,
+    RetryLaterError,
+    claim_batch,
+    enqueue,
+    enqueue_many,
+    mark_dead,
+    mark_published,
+    reap_expired_locks,
+    release,
+    reschedule,
+)
+from outbox.runtime.settings import WorkerSettings, load_settings
+from outbox.runtime.worker import Worker
+from outbox.storage.admin import DeadFilter, retry_dead
+from outbox.storage.claims import tidy_keys
+from outbox.storage.pool import create_pool
+from outbox.storage.stats import stats
+
+pytestmark = pytest.mark.anyio
+
+
+async def add(engine: AsyncEngine, *keys: str | None) -> list[int]:
+    """One message per key given, in one transaction, in that order."""
+    async with engine.begin() as conn:
+        return await enqueue_many(
+            conn, [NewMessage("chat.message", {"n": n}, key=key) for n, key in enumerate(keys)]
+        )
+
+
+async def claim(
+    engine: AsyncEngine, worker: str = "w1", limit: int = 100, **kw: object
+) -> list[ClaimedMessage]:
+    return await claim_batch(
+        engine, limit=limit, lock_seconds=30, worker_id=worker, ordered=True, **kw
+    )
+
+
+def ids(messages: list[ClaimedMessage]) -> list[int]:
+    return [m.id for m in messages]
+
+
+async def key_rows(engine: AsyncEngine) -> dict[str, tuple[int, int | None]]:
+    """key -> (inflight, held_by)."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT key, inflight, held_by FROM outbox_keys"))
+        return {row.key: (row.inflight, row.held_by) for row in rows}
+
+
+async def test_positions_follow_commit_order_and_an_open_transaction_holds_nothing_back(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.connect() as held:
+        await held.begin()
+        late = await enqueue(held, "chat.message", {"n": "late"}, key="R")
+        early = await add(engine, "R", "R")
+        assert late < early[0]  # the open transaction took the lower id
+
+        first = await claim(engine)
+        assert ids(first) == early
+        assert first[0].seq is not None and first[1].seq is not None
+        assert first[0].seq < first[1].seq
+        assert (await mark_published(engine, first, worker_id="w1")).ok
+        await held.commit()
+
+    (last,) = await claim(engine)
+    assert last.id == late
+    assert last.seq is not None and last.seq > first[1].seq
+
+
+async def test_one_batch_per_key_in_flight_until_every_row_is_acknowledged(
+    engine: AsyncEngine,
+) -> None:
+    r1, s1, r2, r3, r4 = await add(engine, "R", "S", "R", "R", "R")
+    batch = await claim(engine, limit=3)
+    # Round by round: each key's first row, then the second rows; returned in position order.
+    assert sorted(ids(batch)) == [r1, s1, r2]
+    assert [m.id for m in batch if m.key == "R"] == [r1, r2]
+    assert await key_rows(engine) == {"R": (2, None), "S": (1, None)}
+    assert await claim(engine, "w2") == []  # both keys leased
+
+    assert (await mark_published(engine, [batch[0]], worker_id="w1")).ok
+    assert await claim(engine, "w2") == []  # R's second row is still in flight
+    assert (await mark_published(engine, batch[1:], worker_id="w1")).ok
+    assert await key_rows(engine) == {"R": (0, None), "S": (0, None)}
+
+    rest = await claim(engine, "w2")
+    assert ids(rest) == [r3, r4]
+    seqs = [m.seq for m in batch if m.key == "R"] + [m.seq for m in rest]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+
+
+async def test_unkeyed_rows_are_claimed_as_before_beside_keyed_ones(engine: AsyncEngine) -> None:
+    a, r, b = await add(engine, None, "R", None)
+    batch = await claim(engine)
+    assert sorted(ids(batch)) == [a, r, b]
+    assert {m.id: m.seq for m in batch if m.key is None} == {a: None, b: None}
+    # Unordered claims leave keys and positions alone.
+    (c,) = await add(engine, "T")
+    (unordered,) = await claim_batch(engine, limit=10, lock_seconds=30, worker_id="w2")
+    assert (unordered.id, unordered.seq) == (c, None)
+    assert "T" not in await key_rows(engine)
+
+
+async def test_a_retry_waiting_at_the_head_holds_back_only_its_key(engine: AsyncEngine) -> None:
+    r1, r2, r3, s1 = await add(engine, "R", "R", "R", "S")
+    batch = await claim(engine)
+    by_id = {m.id: m for m in batch}
+    assert sorted(by_id) == [r1, r2, r3, s1]
+    # As the runtime does: the head failed, the rest of its key handed back unattempted.
+    await reschedule(engine, [by_id[r1]], worker_id="w1", error="boom", delay=3600)
+    await release(engine, [by_id[r2], by_id[r3]], worker_id="w1")
+    await mark_published(engine, [by_id[s1]], worker_id="w1")
+    (s2,) = await add(engine, "S")
+
+    assert ids(await claim(engine)) == [s2]  # R waits for its head; S flows
+    await mark_published(engine, await claim(engine), worker_id="w1")  # nothing
+    later = await claim(engine, now=_in(hours=2))
+    assert ids(later) == [r1, r2, r3]
+    assert [m.seq for m in later] == [by_id[r1].seq, by_id[r2].seq, by_id[r3].seq]
+    assert [m.attempts for m in later] == [2, 1, 1]  # the hand-back cost no attempt
+
+
+async def test_a_dead_head_lets_its_key_move_on(engine: AsyncEngine) -> None:
+    _r1, r2 = await add(engine, "R", "R")
+    head, second = await claim(engine)
+    await mark_dead(engine, [head], worker_id="w1", error="bad")
+    await release(engine, [second], worker_id="w1")
+    (again,) = await claim(engine)
+    assert (again.id, again.seq) == (r2, second.seq)
+
+
+async def test_a_held_key_waits_behind_its_dead_head_until_it_is_retried(
+    engine: AsyncEngine,
+) -> None:
+    r1, r2 = await add(engine, "R", "R")
+    head, second = await claim(engine)
+    await mark_dead(engine, [head], worker_id="w1", error="bad", hold_keys=True)
+    await release(engine, [second], worker_id="w1")
+    assert await claim(engine) == []
+    assert await key_rows(engine) == {"R": (0, r1)}
+    assert (await stats(engine)).keys_held == 1
+
+    await retry_dead(engine, DeadFilter(ids=(r1,)))
+    assert await key_rows(engine) == {"R": (0, None)}
+    moved_on = await claim(engine)
+    # r2 kept its position; r1 lost its (it was dead) and takes a new one after r2.
+    assert ids(moved_on) == [r2, r1]
+    assert second.seq is not None and moved_on[0].seq == second.seq
+    assert moved_on[1].seq is not None and moved_on[1].seq > second.seq
+
+
+async def test_a_reaped_batch_keeps_its_positions_and_frees_its_key(engine: AsyncEngine) -> None:
+    await add(engine, "R", "R")
+    crashed = await claim_batch(engine, limit=10, lock_seconds=1, worker_id="w1", ordered=True)
+    reaped = await reap_expired_locks(engine, now=_in(seconds=10))
+    assert reaped.requeued == frozenset(ids(crashed))
+    assert await key_rows(engine) == {"R": (0, None)}
+    again = await claim(engine, "w2", now=_in(seconds=10))
+    assert [(m.id, m.seq) for m in again] == [(m.id, m.seq) for m in crashed]
+
+
+async def test_tidy_deletes_idle_free_keys_and_repairs_a_lease_without_rows(
+    engine: AsyncEngine,
+) -> None:
+    await add(engine, "idle", "stuck")
+    batch = await claim(engine)
+    await mark_published(engine, [m for m in batch if m.key == "idle"], worker_id="w1")
+    async with engine.begin() as conn:  # a leased row changed by hand
+        await conn.execute(text("UPDATE outbox SET status = 'published' WHERE key = 'stuck'"))
+    assert await tidy_keys(engine, idle_seconds=5) == 0  # nothing idle yet
+    # "stuck" freed (1), then both free keys deleted (2).
+    assert await tidy_keys(engine, idle_seconds=5, now=_in(minutes=5)) == 3
+    assert await key_rows(engine) == {}
+
+
+async def test_eight_concurrent_claimers_never_hold_one_key_twice(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    rng = random.Random(7)
+    keys = [f"k{n}" for n in range(40)]
+    written: list[int] = []
+    for _ in range(10):
+        written += await add(engine, *(rng.choice([*keys, None]) for _ in range(100)))
+    pool = await create_pool(database_url, max_size=8)
+    holders: dict[str, str] = {}
+    claimed: list[ClaimedMessage] = []
+    done = anyio.Event()
+
+    async def claimer(name: str) -> None:
+        idle = 0
+        while idle < 20:
+            batch = await claim_batch(
+                pool, limit=rng.randint(1, 30), lock_seconds=30, worker_id=name, ordered=True
+            )
+            idle = idle + 1 if not batch else 0
+            for key in {m.key for m in batch if m.key is not None}:
+                assert key not in holders, f"{key} held by {holders[key]} and {name}"
+                holders[key] = name
+            claimed.extend(batch)
+            await anyio.sleep(rng.random() / 200)
+            for key in {m.key for m in batch if m.key is not None}:
+                del holders[key]
+            assert (await mark_published(pool, batch, worker_id=name)).ok
+            if len(claimed) == len(written):
+                done.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for n in range(8):
+                tg.start_soon(claimer, f"c{n}")
+    finally:
+        await pool.close()
+    assert sorted(ids(claimed)) == sorted(written)  # each exactly once
+    by_key: dict[str, list[ClaimedMessage]] = {}
+    for message in claimed:  # in claim order
+        if message.key is not None:
+            by_key.setdefault(message.key, []).append(message)
+    for key, messages in by_key.items():
+        # Every row was committed before the first claim: key order is id order.
+        assert ids(messages) == sorted(ids(messages)), key
+        seqs = [m.seq or 0 for m in messages]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), key
+
+
+def _in(**delta: float) -> datetime:
+    """Now plus ``delta``: the clock the library's ``now`` steps to."""
+    return datetime.now(UTC) + timedelta(**delta)
+
+
+# -- the runtime: a worker with ORDERING=key and a handler of our own -------------------------
+
+
+class RoomHandler:
+    """Delivers every message, except that ``fail`` ids fail (retry) the first ``times``."""
+
+    name = "rooms"
+
+    def __init__(self, fail: dict[int, int], outcome: str = "retry") -> None:
+        self.fail = fail
+        self.outcome = outcome
+        self.delivered: list[ClaimedMessage] = []
+
+    async def check(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    async def handle(self, message: ClaimedMessage) -> None:
+        if self.fail.get(message.id, 0) > 0:
+            self.fail[message.id] -= 1
+            if self.outcome == "dead":
+                raise GiveUpError("rejected")
+            raise RetryLaterError("not yet", delay=0.3)
+        self.delivered.append(message)
+
+
+def ordered_worker(database_url: str, handler: RoomHandler, **values: object) -> Worker:
+    settings = load_settings(
+        WorkerSettings,
+        database_url=database_url,
+        worker_id="ordered",
+        ordering="key",
+        poll_interval_ms=50,
+        reap_interval_seconds=0.2,
+        log_format="text",
+        **values,
+    )
+    return Worker(PerMessage(handler, timeout=5), settings)
+
+
+async def wait_for(engine: AsyncEngine, statuses: dict[int, str]) -> None:
+    deadline = anyio.current_time() + 15
+    while anyio.current_time() < deadline:
+        async with engine.connect() as conn:
+            rows = await conn.execute(text("SELECT id, status FROM outbox"))
+            if {r.id: r.status for r in rows if r.id in statuses} == statuses:
+                return
+        await anyio.sleep(0.03)
+    raise AssertionError(f"never reached {statuses}")
+
+
+async def test_a_failing_head_delays_only_its_room_and_the_room_keeps_its_order(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    written = await add(engine, *(["R", "S"] * 5))
+    r_ids = written[0::2]
+    handler = RoomHandler({r_ids[0]: 2})
+    async with running(ordered_worker(database_url, handler)):
+        await wait_for(engine, dict.fromkeys(written, "published"))
+    delivered = [m.id for m in handler.delivered]
+    # S never waited for R's retries: all of S went before R's head got through.
+    assert delivered.index(written[-1]) < delivered.index(r_ids[0])
+    assert [i for i in delivered if i in r_ids] == r_ids
+    r_seqs = [m.seq or 0 for m in handler.delivered if m.key == "R"]
+    assert r_seqs == sorted(r_seqs)
+
+
+async def test_a_dead_head_lets_its_room_move_on_in_order(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    r1, r2, r3 = await add(engine, "R", "R", "R")
+    handler = RoomHandler({r1: 1}, outcome="dead")
+    async with running(ordered_worker(database_url, handler)):
+        await wait_for(engine, {r1: "dead", r2: "published", r3: "published"})
+    assert [m.id for m in handler.delivered] == [r2, r3]
+
+
+async def test_a_held_room_waits_behind_its_dead_head(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    r1, r2, s1 = await add(engine, "R", "R", "S")
+    handler = RoomHandler({r1: 1}, outcome="dead")
+    async with running(ordered_worker(database_url, handler, ordering_dead="hold")):
+        await wait_for(engine, {r1: "dead", r2: "pending", s1: "published"})
+        await anyio.sleep(0.3)
+        await wait_for(engine, {r2: "pending"})  # still held
+        await retry_dead(engine, DeadFilter(ids=(r1,)))
+        await wait_for(engine, {r1: "published", r2: "published"})
+    assert [m.id for m in handler.delivered if m.key == "R"] == [r2, r1]
+
+
+@asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        try:
+            yield worker
+        finally:
+            worker.stop()
