@@ -21,6 +21,7 @@ from outbox import (
     NewMessage,
     PerMessage,
     RetryLaterError,
+    StartupError,
     claim_batch,
     enqueue,
     enqueue_many,
@@ -34,6 +35,7 @@ from outbox.runtime.settings import WorkerSettings, load_settings
 from outbox.runtime.worker import Worker
 from outbox.storage.admin import DeadFilter, retry_dead
 from outbox.storage.claims import tidy_keys
+from outbox.storage.migrate import upgrade
 from outbox.storage.pool import create_pool
 from outbox.storage.stats import stats
 
@@ -349,3 +351,15 @@ async def running(worker: Worker) -> AsyncIterator[Worker]:
             yield worker
         finally:
             worker.stop()
+
+
+async def test_an_ordered_worker_on_an_older_schema_stops_at_start_naming_the_migration(
+    empty_database: str,
+) -> None:
+    await anyio.to_thread.run_sync(upgrade, empty_database, "outbox_0004")
+    worker = ordered_worker(empty_database, RoomHandler({}), startup_timeout_seconds=5)
+    with pytest.raises(ExceptionGroup) as raised:  # raised inside the worker's task group
+        await worker.run()
+    (error,) = raised.value.exceptions
+    assert isinstance(error, StartupError), error
+    assert "ORDERING=key needs table outbox_keys (migration outbox_0005)" in str(error)

@@ -64,6 +64,15 @@ async def check_dependencies(db: asyncpg.Pool, settings: WorkerSettings, handler
                 raise
             # DATABASE_URL asks for what this client or server cannot do: no retry mends it.
             raise StartupError(f"{database}: {error_text(exc)} (check DATABASE_URL)") from exc
+        if settings.ordered:
+            try:
+                await db.fetch("SELECT 1 FROM outbox_keys LIMIT 0")
+            except asyncpg.UndefinedTableError as exc:
+                # Not a wait for a migration in progress: an outbox of an older version.
+                raise StartupError(
+                    f"{database}: ORDERING=key needs table outbox_keys (migration outbox_0005):"
+                    " run the migrations (outbox migrate), or set ORDERING=none"
+                ) from exc
 
     await _retry_until(deadline, database, check_database)
     await _retry_until(deadline, handler.name, handler.check)
