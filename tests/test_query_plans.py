@@ -14,11 +14,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import UpdateBase
+from sqlalchemy import Executable
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from outbox import async_database_url, claim_batch
-from outbox.storage import statements as sql
+from outbox.storage import key_order
 from outbox.storage.claims import claim_statement, reap_statement
 
 pytestmark = pytest.mark.anyio
@@ -66,13 +66,13 @@ async def fill(conn: AsyncConnection, **counts: int) -> None:
     await conn.exec_driver_sql("ANALYZE outbox")
 
 
-Statement = tuple[UpdateBase, Mapping[str, object]]
+Statement = tuple[Executable, Mapping[str, object]]
 
 
 async def plan(conn: AsyncConnection, statement: Statement, generic: bool) -> dict[str, Any]:
     """The executed statement's plan (roll the transaction back after)."""
-    update, values = statement
-    compiled = update.compile(dialect=conn.dialect)
+    executable, values = statement
+    compiled = executable.compile(dialect=conn.dialect)  # type: ignore[attr-defined]
     bound = compiled.construct_params(dict(values))
     params = tuple(bound[name] for name in compiled.positiontup or ())
     explain = "EXPLAIN (ANALYZE, FORMAT JSON)"
@@ -215,19 +215,20 @@ async def test_acknowledgements_probe_only_their_own_rows(
             "lease_tokens": [m.lease_token for m in claimed],
         }
         statement, extra = {
-            "published": (sql.MARK_PUBLISHED, {}),
+            "published": (key_order.MARK_PUBLISHED, {}),
             "reschedule": (
-                sql.RESCHEDULE,
+                key_order.RESCHEDULE,
                 {"lease_error": ["e"] * 500, "lease_delay": [1.5] * 500, "max_attempts": 10},
             ),
-            "dead": (sql.MARK_DEAD, {"lease_error": ["e"] * 500}),
-            "extend": (sql.EXTEND_LEASE, {"lease": timedelta(seconds=60)}),
-            "release": (sql.RELEASE, {"hold": None}),
+            "dead": (key_order.MARK_DEAD, {"lease_error": ["e"] * 500}),
+            "extend": (key_order.EXTEND_LEASE, {"lease": timedelta(seconds=60)}),
+            "release": (key_order.RELEASE, {"hold": None}),
         }[ack]
         executed = await plan(conn, (statement, {**params, **extra}), generic)
         await conn.rollback()
     read = scans(executed)
-    assert executed["Plans"][0]["Actual Rows"] == 500, read
+    changed = executed if executed["Node Type"] == "Update" else executed["Plans"][0]
+    assert changed["Actual Rows"] == 500, read
     assert ("Seq Scan", None) not in read, read
     # At most: every leased row's index entry once (2,500) plus the 500 rows updated, not
     # leased rows x batch.
@@ -318,3 +319,31 @@ async def test_a_cached_generic_plan_stays_bounded_when_another_domain_floods_in
     # The walk meets only documents, so the per-type merge runs: the walk (300), one probe
     # per chat type, the chat pool (200) and its primary-key probes, never the 100,000.
     assert rows_read(executed) <= 1_100, (rows_read(executed), scans(executed))
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
+@pytest.mark.parametrize("keys", ["one-key", "a-key-per-row"])
+async def test_the_ordered_claim_reads_about_its_batch_whatever_the_keys(
+    big_engine: AsyncEngine, generic: bool, keys: str
+) -> None:
+    """100,000 pending rows in one key, or each in a key of its own: a 100-row ordered claim
+    reads its walk (3 x limit) and its keys' heads, never a key's backlog or every key."""
+    key = "'hot'" if keys == "one-key" else "'k' || g"
+    async with big_engine.begin() as conn:
+        await conn.exec_driver_sql("TRUNCATE outbox, outbox_keys")
+        await conn.exec_driver_sql(
+            f"INSERT INTO outbox (type, key, payload) SELECT 'message.created', {key}, '{{}}'"
+            " FROM generate_series(1, 100000) g"
+        )
+        await conn.exec_driver_sql("ANALYZE outbox")
+    for claimer in ({}, {"exclude_type_prefix": "document."}):
+        async with big_engine.connect() as conn:
+            executed = await plan(conn, claim(ordered=True, **claimer), generic)
+            await conn.rollback()
+        read = scans(executed)
+        assert ("Seq Scan", None) not in read, (claimer, read)
+        assert "ix_outbox_key_order" in {index for _, index in read}, read
+        assert executed["Actual Rows"] == 100  # a full batch
+        # About 3,000-7,500 (the walk, the keys' heads, the locks, the leases, the update),
+        # where reading a key's backlog or every key would be 100,000 or more.
+        assert work(executed) <= 10_000, (claimer, generic, work(executed), read)
