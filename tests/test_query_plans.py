@@ -328,12 +328,14 @@ async def test_the_ordered_claim_reads_about_its_batch_whatever_the_keys(
 ) -> None:
     """100,000 pending rows in one key, or each in a key of its own: a 100-row ordered claim
     reads its walk (3 x limit) and its keys' heads, never a key's backlog or every key."""
-    key = "'hot'" if keys == "one-key" else "'k' || g"
+    one_key = keys == "one-key"
     async with big_engine.begin() as conn:
         await conn.exec_driver_sql("TRUNCATE outbox, outbox_keys")
         await conn.exec_driver_sql(
-            f"INSERT INTO outbox (type, key, payload) SELECT 'message.created', {key}, '{{}}'"
-            " FROM generate_series(1, 100000) g"
+            "INSERT INTO outbox (type, key, payload) SELECT 'message.created',"
+            " CASE WHEN $1 THEN 'hot' ELSE 'k' || g END, '{}'"
+            " FROM generate_series(1, 100000) g",
+            (one_key,),
         )
         await conn.exec_driver_sql("ANALYZE outbox")
     for claimer in ({}, {"exclude_type_prefix": "document."}):
