@@ -363,3 +363,19 @@ async def test_an_ordered_worker_on_an_older_schema_stops_at_start_naming_the_mi
     (error,) = raised.value.exceptions
     assert isinstance(error, StartupError), error
     assert "ORDERING=key needs table outbox_keys (migration outbox_0005)" in str(error)
+
+
+async def test_keys_behind_a_busy_keys_backlog_are_still_claimed(engine: AsyncEngine) -> None:
+    """The oldest 1,000 rows are one key's, leased: the claim walks only them, then finds
+    the other keys by a scan of the keys, taking turns from ``after_key``."""
+    async with engine.begin() as conn:
+        await enqueue_many(conn, [NewMessage("chat.message", {}, key="busy")] * 1000)
+    others = await add(engine, "a", "b", "c", "d")
+    busy = await claim(engine, limit=10)
+    assert {m.key for m in busy} == {"busy"}
+    first = await claim(engine, "w2", limit=2)
+    assert [m.key for m in first] == ["a", "b"]
+    turn = await claim(engine, "w3", limit=1, after_key="b")
+    assert [m.key for m in turn] == ["c"]
+    wrapped = await claim(engine, "w4", limit=5, after_key="c")
+    assert sorted(m.id for m in wrapped) == [others[3]]  # "d", then around: a-c are leased

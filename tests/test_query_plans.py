@@ -349,3 +349,29 @@ async def test_the_ordered_claim_reads_about_its_batch_whatever_the_keys(
         # About 3,000-7,500 (the walk, the keys' heads, the locks, the leases, the update),
         # where reading a key's backlog or every key would be 100,000 or more.
         assert work(executed) <= 10_000, (claimer, generic, work(executed), read)
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
+async def test_the_ordered_claim_behind_a_leased_keys_backlog_scans_a_bounded_number_of_keys(
+    big_engine: AsyncEngine, generic: bool
+) -> None:
+    """50,000 older rows of one leased key, then 50,000 keys of one row: the walk meets only
+    the leased key, and the rescue scan probes at most 3 x limit keys."""
+    async with big_engine.begin() as conn:
+        await conn.exec_driver_sql("TRUNCATE outbox, outbox_keys")
+        await conn.exec_driver_sql(
+            "INSERT INTO outbox (type, key, payload, next_attempt_at)"
+            " SELECT 'message.created', CASE WHEN g <= 50000 THEN 'busy' ELSE 'k' || g END, '{}',"
+            " now() - interval '1 hour' + g * interval '1 ms'"
+            " FROM generate_series(1, 100000) g"
+        )
+        await conn.exec_driver_sql("ANALYZE outbox")
+    async with big_engine.connect() as conn:
+        busy = await claim_batch(conn, limit=100, lock_seconds=30, worker_id="w", ordered=True)
+        assert {m.key for m in busy} == {"busy"}
+        executed = await plan(conn, claim(ordered=True), generic)
+        await conn.rollback()
+    assert executed["Actual Rows"] == 100
+    read = scans(executed)
+    assert ("Seq Scan", None) not in read, read
+    assert work(executed) <= 15_000, (generic, work(executed), read)

@@ -6,7 +6,8 @@
 * ``outbox_keys``: one row per key whose batch is in flight (``inflight`` rows not yet
   acknowledged) or that waits behind a dead head (``held_by``). A row with ``inflight = 0``
   and no hold is a free key (workers delete such rows when idle). Only workers write it:
-  producers never touch it, so an open producer transaction holds no key back.
+  producers never touch it, so an open producer transaction holds no key back. It has no
+  index besides its primary key, so that leasing and freeing a key are HOT updates.
 * Two triggers keep order across operator commands: a dead row that is retried loses its
   position (it is positioned again, after what its key delivered meanwhile), and a dead
   head that holds its key releases it when it is retried or purged.
@@ -87,9 +88,6 @@ def upgrade() -> None:
             CONSTRAINT ck_outbox_keys_inflight_nonnegative CHECK (inflight >= 0)
         )
         """
-    )
-    op.execute(
-        "CREATE INDEX IF NOT EXISTS ix_outbox_keys_locked_until ON outbox_keys (locked_until)"
     )
     op.execute(_FORGET_POSITION)
     op.execute("DROP TRIGGER IF EXISTS outbox_forget_position_on_retry ON outbox")

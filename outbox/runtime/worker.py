@@ -78,6 +78,7 @@ class Worker:
         )
         self._stopping = anyio.Event()
         self._force = False
+        self._after_key = ""  # where an ordered claim's key scan starts: see claim_batch
         self._stop_scopes: set[anyio.CancelScope] = set()
         self._claim_scope: anyio.CancelScope | None = None
         self._batches_scope: anyio.CancelScope | None = None
@@ -242,6 +243,7 @@ class Worker:
                         include_type_prefix=s.include,
                         exclude_type_prefix=s.exclude,
                         ordered=s.ordered,
+                        after_key=self._after_key,
                     )
             except Exception as exc:
                 self.health.database_failed(exc)
@@ -261,6 +263,7 @@ class Worker:
                     await self.wakeup.wait(s.poll_interval_ms / 1000)
                 continue
             self.metrics.count(self.metrics.claimed, claimed)
+            self._after_key = max((m.key for m in claimed if m.key is not None), default="")
             batches.start_soon(self._handle, self.in_flight.add(claimed), acker)
 
     @contextlib.contextmanager

@@ -79,6 +79,7 @@ async def claim_batch(
     include_type_prefix: PrefixArg = None,
     exclude_type_prefix: PrefixArg = None,
     ordered: bool = False,
+    after_key: str = "",
     now: datetime | None = None,
 ) -> list[ClaimedMessage]:
     """Claim up to ``limit`` claimable rows, oldest first, in one statement.
@@ -86,7 +87,10 @@ async def claim_batch(
     ``ordered``: keep each key's order (:mod:`outbox.storage.key_order`): a keyed row is
     claimed only with its key's lease and in its key's order, and gets its position
     (``seq``); the batch is returned in position order, rows without a key last. Every
-    worker that claims a key's rows must claim them ordered.
+    worker that claims a key's rows must claim them ordered. When the oldest claimable rows
+    all belong to keys that are leased or held, the claim finds other keys by scanning the
+    keys from ``after_key`` on (wrapping around): pass the largest key of your previous
+    batch, so that successive claims take turns over the keys.
 
     Claimable: ``pending`` and ``next_attempt_at <= now``, with a type that starts with one
     of ``include_type_prefix`` (if given) and with none of ``exclude_type_prefix``. Prefixes
@@ -108,6 +112,7 @@ async def claim_batch(
         include_type_prefix=include_type_prefix,
         exclude_type_prefix=exclude_type_prefix,
         ordered=ordered,
+        after_key=after_key,
         now=now,
     )
     claimed: list[ClaimedMessage] = []
@@ -147,6 +152,7 @@ def claim_statement(
     include_type_prefix: PrefixArg = None,
     exclude_type_prefix: PrefixArg = None,
     ordered: bool = False,
+    after_key: str = "",
     now: datetime | None = None,
 ) -> tuple[Update, Mapping[str, object]]:
     """The statement :func:`claim_batch` runs and its parameters (for EXPLAIN)."""
@@ -166,6 +172,9 @@ def claim_statement(
         params["type_lows"], params["type_highs"] = type_bounds(ranges)
         params["pool"] = limit * FILTERED_CLAIM_POOL_FACTOR
     if ordered:
+        if not isinstance(after_key, str) or "\x00" in after_key:
+            raise InvalidArgumentError("after_key must be text without NUL")
+        params["after_key"] = after_key
         return key_order.ordered_claim(filtered), params
     return sql.claim(filtered), params
 

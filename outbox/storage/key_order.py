@@ -40,6 +40,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     cast,
     func,
     literal,
@@ -114,16 +115,36 @@ def ordered_claim(filtered: bool) -> Update:
         .group_by(pool.c.key)
         .subquery("keyed")
     )
-    leased_or_held = (
-        select(literal(1))
-        .where(keys.key == keyed.c.key, or_(keys.inflight > 0, keys.held_by.isnot(None)))
-        .exists()
-    )
-    free_keys = (
+    in_pool = (
         select(keyed)
-        .where(~leased_or_held)
+        .where(~_leased_or_held(keyed.c.key))
         .order_by(keyed.c.since, keyed.c.first_id)
         .limit(_limit())
+        .cte("keys_in_pool")
+        .prefix_with("MATERIALIZED")
+    )
+    # The rescue: when nothing in the pool can be taken (every key in it is leased or held:
+    # the pool is one busy key's backlog, or keys waiting for their heads' retries), keys
+    # found by a scan of ix_outbox_key_order, so that other keys are not held up behind them.
+    stuck = and_(
+        ~select(literal(1)).select_from(in_pool).exists(),
+        ~select(literal(1)).where(pool.c.key.is_(None)).exists(),
+    )
+    scanned = _key_scan(stuck)
+    rescued = (
+        select(
+            scanned.c.key,
+            sql.CLOCK.label("since"),
+            literal(0, BigInteger).label("first_id"),
+            _limit().label("seen"),
+        )
+        .where(scanned.c.key.isnot(None), ~_leased_or_held(scanned.c.key))
+        .limit(_limit())
+    )
+    free_keys = (
+        union_all(
+            select(in_pool.c.key, in_pool.c.since, in_pool.c.first_id, in_pool.c.seen), rescued
+        )
         .cte("free_keys")
         .prefix_with("MATERIALIZED")
     )
@@ -261,6 +282,57 @@ def ordered_claim(filtered: bool) -> Update:
         )
         .returning(*sql.CLAIMED_COLUMNS)
     )
+
+
+def _leased_or_held(key: Any) -> Any:
+    """Whether ``key``'s row shows a batch in flight or a hold (on the snapshot; the lease
+    itself is re-checked on the latest row version when it is written)."""
+    return (
+        select(literal(1))
+        .where(keys.key == key, or_(keys.inflight > 0, keys.held_by.isnot(None)))
+        .exists()
+    )
+
+
+def _next_key(after: Any) -> Any:
+    """The smallest key above ``after`` with a row pending or in flight: one probe of
+    ``ix_outbox_key_order`` (``NULL``: none)."""
+    return (
+        select(func.min(col.key))
+        .where(col.key > after, col.status.in_([sql.PENDING, sql.IN_PROGRESS]))
+        .scalar_subquery()
+    )
+
+
+def _key_scan(when: Any) -> Any:
+    """Up to ``:walk`` distinct keys with live rows, in key order from ``:after_key`` and
+    wrapping around to the start once (a loose index scan: one probe per key), when
+    ``when`` holds; rows ``(key, wrapped)``. A worker passes the largest key of its previous
+    batch as ``:after_key``, so that successive scans take turns over the keys."""
+    start = bindparam("after_key", type_=Text)
+    lowest = literal("", Text)
+    anchor = (
+        select(
+            func.coalesce(_next_key(start), _next_key(lowest)).label("key"),
+            _next_key(start).is_(None).label("wrapped"),
+            literal(1).label("step"),
+        )
+        .where(when)
+        .cte("key_scan", recursive=True)
+    )
+    following = _next_key(anchor.c.key)
+    step = select(
+        func.coalesce(following, case((~anchor.c.wrapped, _next_key(lowest)))),
+        or_(anchor.c.wrapped, following.is_(None)),
+        anchor.c.step + 1,
+    ).where(
+        anchor.c.key.isnot(None),
+        anchor.c.step < bindparam("walk", type_=Integer),
+        ~and_(anchor.c.wrapped, anchor.c.key >= start),
+    )
+    scan = anchor.union_all(step)
+    # After wrapping, a key at or past the start was seen already.
+    return select(scan.c.key).where(~and_(scan.c.wrapped, scan.c.key >= start)).subquery("scanned")
 
 
 # -- ending leases: every statement that ends a row's lease counts its key back down ---------

@@ -175,10 +175,11 @@ keys_table = Table(
     Column("held_by", BigInteger, nullable=True),
     CheckConstraint("inflight >= 0", name="ck_outbox_keys_inflight_nonnegative"),
 )
-"""A key's lease: at most one batch of a key is in flight, across every worker."""
+"""A key's lease: at most one batch of a key is in flight, across every worker.
 
-# Maintenance finds idle keys to delete, and leases to check, by when they were claimed.
-Index("ix_outbox_keys_locked_until", keys_table.c.locked_until)
+No index besides the primary key: a claim and an acknowledgement change no indexed column,
+so both are HOT updates (no new index entries), and the table holds only recently used
+keys (workers delete idle ones), which maintenance reads whole."""
 
 # -- the operators' audit trail (migration outbox_0004) ----------------------------------------
 
