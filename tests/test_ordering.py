@@ -94,22 +94,34 @@ async def test_one_batch_per_key_in_flight_until_every_row_is_acknowledged(
     engine: AsyncEngine,
 ) -> None:
     r1, s1, r2, r3, r4 = await add(engine, "R", "S", "R", "R", "R")
+    # Of the two free keys in sight, a claim takes half (the oldest): the other is left
+    # for another worker.
     batch = await claim(engine, limit=3)
-    # Round by round: each key's first row, then the second rows; returned in position order.
-    assert sorted(ids(batch)) == [r1, s1, r2]
-    assert [m.id for m in batch if m.key == "R"] == [r1, r2]
-    assert await key_rows(engine) == {"R": (2, None), "S": (1, None)}
-    assert await claim(engine, "w2") == []  # both keys leased
+    assert ids(batch) == [r1, r2, r3]
+    assert ids(await claim(engine, "w2")) == [s1]
+    assert await key_rows(engine) == {"R": (3, None), "S": (1, None)}
+    assert await claim(engine, "w3") == []  # both keys leased
 
     assert (await mark_published(engine, [batch[0]], worker_id="w1")).ok
-    assert await claim(engine, "w2") == []  # R's second row is still in flight
+    assert await claim(engine, "w3") == []  # two of R's rows are still in flight
     assert (await mark_published(engine, batch[1:], worker_id="w1")).ok
-    assert await key_rows(engine) == {"R": (0, None), "S": (0, None)}
+    assert (await key_rows(engine))["R"] == (0, None)
 
-    rest = await claim(engine, "w2")
-    assert ids(rest) == [r3, r4]
-    seqs = [m.seq for m in batch if m.key == "R"] + [m.seq for m in rest]
+    rest = await claim(engine, "w3")
+    assert ids(rest) == [r4]
+    seqs = [m.seq for m in [*batch, *rest]]
     assert seqs == sorted(seqs) and len(set(seqs)) == 4
+
+
+async def test_a_claim_spreads_over_many_keys_round_by_round(engine: AsyncEngine) -> None:
+    written = await add(engine, *[f"k{n % 8}" for n in range(24)])
+    batch = await claim(engine, limit=6)
+    # As many keys as the limit are ready: each gives its first row.
+    assert sorted(ids(batch)) == written[0:6]
+    batch = await claim(engine, "w3", limit=8)
+    # Two keys ready, fewer than the limit: half of them (the oldest) is taken, the other
+    # left for another worker; its rows in order, as many as it has in sight.
+    assert ids(batch) == [written[6], written[14], written[22]]
 
 
 async def test_unkeyed_rows_are_claimed_as_before_beside_keyed_ones(engine: AsyncEngine) -> None:
@@ -127,19 +139,16 @@ async def test_unkeyed_rows_are_claimed_as_before_beside_keyed_ones(engine: Asyn
 async def test_a_retry_waiting_at_the_head_holds_back_only_its_key(engine: AsyncEngine) -> None:
     r1, r2, r3, s1 = await add(engine, "R", "R", "R", "S")
     batch = await claim(engine)
-    by_id = {m.id: m for m in batch}
-    assert sorted(by_id) == [r1, r2, r3, s1]
+    assert ids(batch) == [r1, r2, r3]
     # As the runtime does: the head failed, the rest of its key handed back unattempted.
-    await reschedule(engine, [by_id[r1]], worker_id="w1", error="boom", delay=3600)
-    await release(engine, [by_id[r2], by_id[r3]], worker_id="w1")
-    await mark_published(engine, [by_id[s1]], worker_id="w1")
+    await reschedule(engine, batch[:1], worker_id="w1", error="boom", delay=3600)
+    await release(engine, batch[1:], worker_id="w1")
     (s2,) = await add(engine, "S")
 
-    assert ids(await claim(engine)) == [s2]  # R waits for its head; S flows
-    await mark_published(engine, await claim(engine), worker_id="w1")  # nothing
+    assert ids(await claim(engine)) == [s1, s2]  # R waits for its head; S flows
     later = await claim(engine, now=_in(hours=2))
     assert ids(later) == [r1, r2, r3]
-    assert [m.seq for m in later] == [by_id[r1].seq, by_id[r2].seq, by_id[r3].seq]
+    assert [m.seq for m in later] == [m.seq for m in batch]
     assert [m.attempts for m in later] == [2, 1, 1]  # the hand-back cost no attempt
 
 
@@ -186,7 +195,7 @@ async def test_tidy_deletes_idle_free_keys_and_repairs_a_lease_without_rows(
     engine: AsyncEngine,
 ) -> None:
     await add(engine, "idle", "stuck")
-    batch = await claim(engine)
+    batch = await claim(engine) + await claim(engine)
     await mark_published(engine, [m for m in batch if m.key == "idle"], worker_id="w1")
     async with engine.begin() as conn:  # a leased row changed by hand
         await conn.execute(text("UPDATE outbox SET status = 'published' WHERE key = 'stuck'"))

@@ -42,6 +42,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    false,
     func,
     literal,
     null,
@@ -89,8 +90,10 @@ def ordered_claim(filtered: bool) -> Update:
     1. ``pool``: the oldest claimable rows (:func:`~outbox.storage.statements.claimable_pool`);
     2. rows without a key are claimed as the unordered claim does (locked, skipping rows
        other claimers hold);
-    3. the keys of the others, oldest first, up to ``:limit`` keys, without a lease or a
-       hold; of those, the keys no other claimer is leasing right now;
+    3. the keys of the others without a lease or a hold, oldest first, up to ``:limit``,
+       and of those the keys whose first row can go now; with fewer than ``:limit`` of
+       them, half (at least one), so that with few keys the other workers get the rest; of
+       those, the keys no other claimer is leasing right now;
     4. per key, its live rows in order (``ix_outbox_key_order``, at most as many as the key
        has in the pool), locked, and kept while each is pending, due and wanted;
     5. ``:limit`` of all, round by round (each key's first row, oldest key first, with the
@@ -115,19 +118,19 @@ def ordered_claim(filtered: bool) -> Update:
         .group_by(pool.c.key)
         .subquery("keyed")
     )
-    in_pool = (
-        select(keyed)
+    pool_keys = (
+        select(keyed, _head_can_go(keyed.c.key, claimable).label("ready"))
         .where(~_leased_or_held(keyed.c.key))
         .order_by(keyed.c.since, keyed.c.first_id)
         .limit(_limit())
-        .cte("keys_in_pool")
+        .cte("pool_keys")
         .prefix_with("MATERIALIZED")
     )
-    # The rescue: when nothing in the pool can be taken (every key in it is leased or held:
-    # the pool is one busy key's backlog, or keys waiting for their heads' retries), keys
+    # The rescue: when nothing in the pool can be taken (each key in it is leased, held, or
+    # waits for its head's retry: the pool is one busy key's backlog, or such keys), keys
     # found by a scan of ix_outbox_key_order, so that other keys are not held up behind them.
     stuck = and_(
-        ~select(literal(1)).select_from(in_pool).exists(),
+        ~select(literal(1)).where(pool_keys.c.ready).exists(),
         ~select(literal(1)).where(pool.c.key.is_(None)).exists(),
     )
     scanned = _key_scan(stuck)
@@ -137,29 +140,46 @@ def ordered_claim(filtered: bool) -> Update:
             sql.CLOCK.label("since"),
             literal(0, BigInteger).label("first_id"),
             _limit().label("seen"),
+            _head_can_go(scanned.c.key, claimable).label("ready"),
         )
         .where(scanned.c.key.isnot(None), ~_leased_or_held(scanned.c.key))
         .limit(_limit())
+        .subquery("rescued")
     )
-    free_keys = (
-        union_all(
-            select(in_pool.c.key, in_pool.c.since, in_pool.c.first_id, in_pool.c.seen), rescued
+    key_candidates = union_all(select(pool_keys), select(rescued)).subquery("key_candidates")
+    ready = (
+        select(
+            key_candidates.c.key,
+            key_candidates.c.since,
+            key_candidates.c.first_id,
+            key_candidates.c.seen,
+            func.row_number()
+            .over(order_by=(key_candidates.c.since, key_candidates.c.first_id))
+            .label("rank"),
+            func.count().over().label("count"),
         )
-        .cte("free_keys")
-        .prefix_with("MATERIALIZED")
+        .where(key_candidates.c.ready)
+        .subquery("ready")
     )
+    # With fewer keys ready than :limit, half of them (at least one): the other workers get
+    # the other half, so a few keys still run in parallel. Of those, the keys no other
+    # claimer is leasing at this moment.
     grabbed = (
-        select(free_keys)
-        .where(func.pg_try_advisory_xact_lock(KEY_LOCK_CLASS, func.hashtext(free_keys.c.key)))
+        select(ready.c.key, ready.c.since, ready.c.first_id, ready.c.seen)
+        .where(
+            ready.c.rank <= _limit(),
+            or_(
+                ready.c.count >= _limit(),
+                ready.c.rank <= func.greatest(1, (ready.c.count + 1) / 2),
+            ),
+            func.pg_try_advisory_xact_lock(KEY_LOCK_CLASS, func.hashtext(ready.c.key)),
+        )
         .cte("grabbed")
         .prefix_with("MATERIALIZED")
     )
     live = (
         select(col.id, col.seq)
-        .where(
-            col.key == grabbed.c.key,
-            col.status.in_([sql.PENDING, sql.IN_PROGRESS]),
-        )
+        .where(col.key == grabbed.c.key, col.status.in_([sql.PENDING, sql.IN_PROGRESS]))
         .order_by(col.seq, col.id)
         .limit(func.least(grabbed.c.seen, _limit()))
         .lateral("live")
@@ -173,28 +193,25 @@ def ordered_claim(filtered: bool) -> Update:
     # The latest versions, under row locks: a row that changed since the snapshot and is no
     # longer claimable drops out here, and its key's batch stops before it.
     locked = (
-        select(col.id, col.seq)
+        select(col.id)
         .where(col.id == func.any(func.array(select(heads.c.id).scalar_subquery())), *claimable)
         .with_for_update(skip_locked=True)
         .cte("locked")
         .prefix_with("MATERIALIZED")
     )
     key_order = (heads.c.seq, heads.c.id)
-    ranked = (
-        select(
-            heads.c.id,
-            heads.c.key,
-            heads.c.since,
-            heads.c.first_id,
-            locked.c.seq,
-            func.row_number().over(partition_by=heads.c.key, order_by=key_order).label("ord"),
-            func.bool_and(locked.c.id.isnot(None))
-            .over(partition_by=heads.c.key, order_by=key_order)
-            .label("unbroken"),
-        )
-        .select_from(heads.outerjoin(locked, locked.c.id == heads.c.id))
-        .subquery("ranked")
-    )
+    still_claimable = heads.c.id == func.any(func.array(select(locked.c.id).scalar_subquery()))
+    ranked = select(
+        heads.c.id,
+        heads.c.key,
+        heads.c.since,
+        heads.c.first_id,
+        heads.c.seq,
+        func.row_number().over(partition_by=heads.c.key, order_by=key_order).label("ord"),
+        func.bool_and(still_claimable)
+        .over(partition_by=heads.c.key, order_by=key_order)
+        .label("unbroken"),
+    ).subquery("ranked")
     loose = select(
         pool.c.id,
         null().label("key"),
@@ -278,9 +295,23 @@ def ordered_claim(filtered: bool) -> Update:
             locked_by=bindparam("worker_id", type_=Text),
             locked_until=lease_until,
             lease_token=func.gen_random_uuid(),
-            seq=positions[func.array_position(ids, col.id)],
+            # A row positioned since the snapshot (claimed, then handed back) keeps its own.
+            seq=func.coalesce(col.seq, positions[func.array_position(ids, col.id)]),
         )
         .returning(*sql.CLAIMED_COLUMNS)
+    )
+
+
+def _head_can_go(key: Any, claimable: tuple[Any, ...]) -> Any:
+    """Whether ``key``'s first live row is claimable now, on the snapshot (one probe of
+    ``ix_outbox_key_order``): a key whose head waits for a retry has nothing to give."""
+    return func.coalesce(
+        select(and_(*claimable))
+        .where(col.key == key, col.status.in_([sql.PENDING, sql.IN_PROGRESS]))
+        .order_by(col.seq, col.id)
+        .limit(1)
+        .scalar_subquery(),
+        false(),
     )
 
 
