@@ -8,6 +8,7 @@ import signal
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,31 @@ async def test_a_document_committed_with_its_message_ends_processed_with_chunks(
     async with db.connect() as conn:
         count = await conn.scalar(text("SELECT count(*) FROM outbox"))
     assert count == 1
+
+
+async def test_requests_for_one_document_are_keyed_by_it_and_run_one_after_another(
+    db: AsyncEngine, start_sidecar: Start, start_worker: Start
+) -> None:
+    """Re-process requests without a key: documents_0004 keys them by document, and the
+    worker (ORDERING=key) parses them in order, never two at once."""
+    document_id, first = await add_document(db, MARKDOWN, "text/markdown")
+    payload = {"documentId": str(document_id), "userId": USER}
+    async with db.begin() as conn:
+        again = [await enqueue(conn, PREPROCESS, payload) for _ in range(3)]
+    sidecar = start_sidecar()
+    start_worker(sidecar.port)
+    for message_id in [first, *again]:
+        await wait_for_message(db, message_id, "published")
+    async with db.connect() as conn:
+        rows = (await conn.execute(text("SELECT id, key, seq FROM outbox ORDER BY id"))).all()
+    assert [row.key for row in rows] == [str(document_id)] * 4
+    assert [row.id for row in sorted(rows, key=lambda row: row.seq)] == [first, *again]
+    events = parsed(sidecar, document_id)
+    assert [int(e["idempotency_key"]) for e in events] == [first, *again]
+    ends = [datetime.fromisoformat(e["ts"]).timestamp() for e in events]
+    starts = [end - e["duration_ms"] / 1000 for end, e in zip(ends, events, strict=True)]
+    for end, next_start in zip(ends, starts[1:], strict=False):
+        assert next_start >= end - 0.002, "two parses of one document overlapped"
 
 
 async def test_the_sidecar_down_for_a_while_then_up_the_document_still_ends_processed(

@@ -118,10 +118,16 @@ async def test_a_claim_spreads_over_many_keys_round_by_round(engine: AsyncEngine
     batch = await claim(engine, limit=6)
     # As many keys as the limit are ready: each gives its first row.
     assert sorted(ids(batch)) == written[0:6]
-    batch = await claim(engine, "w3", limit=8)
-    # Two keys ready, fewer than the limit: half of them (the oldest) is taken, the other
-    # left for another worker; its rows in order, as many as it has in sight.
-    assert ids(batch) == [written[6], written[14], written[22]]
+
+
+async def test_a_few_keys_with_backlogs_are_shared_between_workers(engine: AsyncEngine) -> None:
+    written = await add(engine, *["a", "b"] * 10)
+    # Two keys ready, fewer than the limit, with more rows in sight than the limit: half of
+    # the keys (the oldest) is taken, the other left for another worker.
+    first = await claim(engine, limit=4)
+    assert ids(first) == written[0:8:2]
+    second = await claim(engine, "w2", limit=4)
+    assert ids(second) == written[1:9:2]
 
 
 async def test_unkeyed_rows_are_claimed_as_before_beside_keyed_ones(engine: AsyncEngine) -> None:
@@ -138,11 +144,14 @@ async def test_unkeyed_rows_are_claimed_as_before_beside_keyed_ones(engine: Asyn
 
 async def test_a_retry_waiting_at_the_head_holds_back_only_its_key(engine: AsyncEngine) -> None:
     r1, r2, r3, s1 = await add(engine, "R", "R", "R", "S")
-    batch = await claim(engine)
-    assert ids(batch) == [r1, r2, r3]
+    claimed = await claim(engine)
+    assert ids(claimed) == [r1, r2, r3, s1]  # few rows in sight: every key at once
+    batch = claimed[:3]
     # As the runtime does: the head failed, the rest of its key handed back unattempted.
     await reschedule(engine, batch[:1], worker_id="w1", error="boom", delay=3600)
     await release(engine, batch[1:], worker_id="w1")
+    await mark_published(engine, claimed[3:], worker_id="w1")
+    s1 = (await add(engine, "S"))[0]
     (s2,) = await add(engine, "S")
 
     assert ids(await claim(engine)) == [s1, s2]  # R waits for its head; S flows

@@ -92,8 +92,9 @@ def ordered_claim(filtered: bool) -> Update:
        other claimers hold);
     3. the keys of the others without a lease or a hold, oldest first, up to ``:limit``,
        and of those the keys whose first row can go now; with fewer than ``:limit`` of
-       them, half (at least one), so that with few keys the other workers get the rest; of
-       those, the keys no other claimer is leasing right now;
+       them but more of their rows in sight than ``:limit`` (a few keys with backlogs),
+       half (at least one), so that the other workers get the rest; of those, the keys no
+       other claimer is leasing right now;
     4. per key, its live rows in order (``ix_outbox_key_order``, at most as many as the key
        has in the pool), locked, and kept while each is pending, due and wanted;
     5. ``:limit`` of all, round by round (each key's first row, oldest key first, with the
@@ -157,19 +158,22 @@ def ordered_claim(filtered: bool) -> Update:
             .over(order_by=(key_candidates.c.since, key_candidates.c.first_id))
             .label("rank"),
             func.count().over().label("count"),
+            func.sum(key_candidates.c.seen).over().label("in_sight"),
         )
         .where(key_candidates.c.ready)
         .subquery("ready")
     )
-    # With fewer keys ready than :limit, half of them (at least one): the other workers get
-    # the other half, so a few keys still run in parallel. Of those, the keys no other
-    # claimer is leasing at this moment.
+    # With fewer keys ready than :limit but more of their rows in sight than :limit (a few
+    # keys with backlogs), half of the keys (at least one): the other workers get the other
+    # half, so a few keys still run in parallel. Else every ready key, up to :limit. Of
+    # those, the keys no other claimer is leasing at this moment.
     grabbed = (
         select(ready.c.key, ready.c.since, ready.c.first_id, ready.c.seen)
         .where(
             ready.c.rank <= _limit(),
             or_(
                 ready.c.count >= _limit(),
+                ready.c.in_sight <= _limit(),
                 ready.c.rank <= func.greatest(1, (ready.c.count + 1) / 2),
             ),
             func.pg_try_advisory_xact_lock(KEY_LOCK_CLASS, func.hashtext(ready.c.key)),
