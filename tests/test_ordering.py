@@ -6,6 +6,7 @@ Real PostgreSQL; the claims are the library's own calls with ``ordered=True``.
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -16,10 +17,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox import (
+    DELIVERED,
+    NOT_ATTEMPTED,
     ClaimedMessage,
     GiveUpError,
     NewMessage,
     PerMessage,
+    Retry,
     RetryLaterError,
     StartupError,
     claim_batch,
@@ -183,11 +187,22 @@ async def test_a_held_key_waits_behind_its_dead_head_until_it_is_retried(
 
     await retry_dead(engine, DeadFilter(ids=(r1,)))
     assert await key_rows(engine) == {"R": (0, None)}
-    moved_on = await claim(engine)
-    # r2 kept its position; r1 lost its (it was dead) and takes a new one after r2.
-    assert ids(moved_on) == [r2, r1]
-    assert second.seq is not None and moved_on[0].seq == second.seq
-    assert moved_on[1].seq is not None and moved_on[1].seq > second.seq
+    resumed = await claim(engine)
+    # Nothing after the held head was delivered: both keep their positions, in order.
+    assert [(m.id, m.seq) for m in resumed] == [(r1, head.seq), (r2, second.seq)]
+
+
+async def test_a_retried_dead_message_of_a_key_that_moved_on_comes_after_it(
+    engine: AsyncEngine,
+) -> None:
+    r1, _r2 = await add(engine, "R", "R")
+    head, second = await claim(engine)
+    await mark_dead(engine, [head], worker_id="w1", error="bad")
+    await mark_published(engine, [second], worker_id="w1")
+    await retry_dead(engine, DeadFilter(ids=(r1,)))
+    (again,) = await claim(engine)
+    assert again.id == r1
+    assert again.seq is not None and second.seq is not None and again.seq > second.seq
 
 
 async def test_a_reaped_batch_keeps_its_positions_and_frees_its_key(engine: AsyncEngine) -> None:
@@ -358,7 +373,7 @@ async def test_a_held_room_waits_behind_its_dead_head(
         await wait_for(engine, {r2: "pending"})  # still held
         await retry_dead(engine, DeadFilter(ids=(r1,)))
         await wait_for(engine, {r1: "published", r2: "published"})
-    assert [m.id for m in handler.delivered if m.key == "R"] == [r2, r1]
+    assert [m.id for m in handler.delivered if m.key == "R"] == [r1, r2]
 
 
 @asynccontextmanager
@@ -397,3 +412,72 @@ async def test_keys_behind_a_busy_keys_backlog_are_still_claimed(engine: AsyncEn
     assert [m.key for m in turn] == ["c"]
     wrapped = await claim(engine, "w4", limit=5, after_key="c")
     assert sorted(m.id for m in wrapped) == [others[3]]  # "d", then around: a-c are leased
+
+
+def _message(id_: int, key: str | None, seq: int | None) -> ClaimedMessage:
+    now = datetime.now(UTC)
+    return ClaimedMessage(id_, "t", key, {}, 1, now, now, "w", now, None, uuid.uuid4(), seq)
+
+
+async def test_per_message_runs_a_keys_messages_in_turn_and_ends_within_its_timeout() -> None:
+    started: list[int] = []
+    running_keys: set[str] = set()
+
+    class Slow:
+        name = "slow"
+
+        async def check(self) -> None:
+            pass
+
+        async def aclose(self) -> None:
+            pass
+
+        async def handle(self, message: ClaimedMessage) -> None:
+            key = message.key or ""
+            assert key not in running_keys, "two messages of one key at once"
+            running_keys.add(key)
+            started.append(message.id)
+            try:
+                if message.id == 21:
+                    raise RetryLaterError("no")
+                await anyio.sleep(0.3)
+            finally:
+                running_keys.discard(key)
+
+    batch = [
+        _message(1, "a", 1),
+        _message(2, "a", 2),
+        _message(3, "a", 3),
+        _message(21, "b", 4),
+        _message(22, "b", 5),
+        _message(31, None, None),
+    ]
+    with anyio.fail_after(2):
+        outcomes = await PerMessage(Slow(), timeout=0.5).handle_batch(batch)
+    # a: the first delivered, the second cut off by the batch's timeout, the third not run;
+    # b: its head failed, the rest waits behind it; the unkeyed message ran alongside.
+    assert outcomes[0] == DELIVERED
+    assert outcomes[1:3] == [NOT_ATTEMPTED, NOT_ATTEMPTED]
+    assert outcomes[3] == Retry("no")
+    assert outcomes[4] == NOT_ATTEMPTED
+    assert outcomes[5] == DELIVERED
+    assert sorted(started) == [1, 2, 21, 31]
+
+
+async def test_an_undecodable_head_holds_its_key_and_what_follows_goes_back(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO outbox (type, key, payload) VALUES"
+                " ('chat.message', 'R', ('{\"n\": ' || repeat('9', 5000) || '}')::jsonb),"
+                " ('chat.message', 'R', '{}'), ('chat.message', 'S', '{}')"
+            )
+        )
+    batch = await claim(engine, hold_keys=True)
+    assert [m.key for m in batch] == ["S"]
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT status, attempts FROM outbox ORDER BY id"))).all()
+    assert [tuple(r) for r in rows] == [("dead", 1), ("pending", 0), ("in_progress", 1)]
+    assert (await key_rows(engine))["R"][1] == 1  # held behind row 1

@@ -7,10 +7,12 @@
   acknowledged) or that waits behind a dead head (``held_by``). A row with ``inflight = 0``
   and no hold is a free key (workers delete such rows when idle). Only workers write it:
   producers never touch it, so an open producer transaction holds no key back. It has no
-  index besides its primary key, so that leasing and freeing a key are HOT updates.
-* Two triggers keep order across operator commands: a dead row that is retried loses its
-  position (it is positioned again, after what its key delivered meanwhile), and a dead
-  head that holds its key releases it when it is retried or purged.
+  index besides its primary key and leaves room on its pages (``fillfactor`` 70), so that
+  leasing and freeing a key are HOT updates. ``lease_no`` changes at every lease.
+* Triggers keep order across operator commands: a dead row that is retried loses its
+  position (it is positioned again, after what its key delivered meanwhile) unless its key
+  is held behind it (then nothing after it was delivered, and it keeps its place), and a
+  dead head that holds its key releases it when it is retried or purged.
 * ``ix_outbox_key_order (key, seq, id) WHERE status IN ('pending', 'in_progress') AND key
   IS NOT NULL``, built ``CONCURRENTLY`` outside the migration's transaction (as in
   ``outbox_0003``), so producers and workers are not blocked while it builds.
@@ -39,7 +41,10 @@ _FORGET_POSITION = """
 CREATE OR REPLACE FUNCTION outbox_forget_position() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.seq := NULL;
+    -- The dead head a key is held behind keeps its place: nothing after it was delivered.
+    IF NOT EXISTS (SELECT 1 FROM outbox_keys WHERE key = NEW.key AND held_by = NEW.id) THEN
+        NEW.seq := NULL;
+    END IF;
     RETURN NEW;
 END
 $$
@@ -85,8 +90,9 @@ def upgrade() -> None:
             inflight integer NOT NULL DEFAULT 0,
             locked_until timestamptz,
             held_by bigint,
+            lease_no bigint,
             CONSTRAINT ck_outbox_keys_inflight_nonnegative CHECK (inflight >= 0)
-        )
+        ) WITH (fillfactor = 70)
         """
     )
     op.execute(_FORGET_POSITION)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import inf
 from typing import Final, Protocol
 
 import anyio
@@ -133,7 +134,9 @@ class PerMessage:
     the whole batch back, and any other exception is a :class:`Retry` with its text.
     Messages with a key and a position (ordered claims) run one after another per key, in
     the batch's order, while keys run concurrently; after a key's first message that is
-    not delivered, the rest of that key are :data:`NOT_ATTEMPTED`.
+    not delivered, the rest of that key are :data:`NOT_ATTEMPTED`. The whole batch ends
+    within ``timeout``: a key's later message that would run past it is cut off and
+    :data:`NOT_ATTEMPTED` (handed back uncounted).
     """
 
     enforces_timeouts = True
@@ -171,10 +174,20 @@ class PerMessage:
                 outcomes[index] = Retry(error_text(exc))
             return False
 
+        # A key's messages run one after another, yet the batch as a whole must end within
+        # one timeout (the runtime's backstop is sized for that): a later message of a key
+        # gets what is left of it, and is handed back unattempted when that runs out.
+        deadline = anyio.current_time() + self.timeout
+
         async def in_order(indexes: list[int]) -> None:
             for position, index in enumerate(indexes):
-                if not await one(index, messages[index]):
-                    for later in indexes[position + 1 :]:
+                delivered = False
+                with anyio.move_on_after(deadline - anyio.current_time() if position else inf):
+                    delivered = await one(index, messages[index])
+                    if not delivered:
+                        position += 1  # failed: the rest of the key waits behind it
+                if not delivered:
+                    for later in indexes[position:]:
                         outcomes[later] = NOT_ATTEMPTED
                     return
 

@@ -244,6 +244,7 @@ class Worker:
                         exclude_type_prefix=s.exclude,
                         ordered=s.ordered,
                         after_key=self._after_key,
+                        hold_keys=s.hold_keys,
                     )
             except Exception as exc:
                 self.health.database_failed(exc)

@@ -80,6 +80,7 @@ async def claim_batch(
     exclude_type_prefix: PrefixArg = None,
     ordered: bool = False,
     after_key: str = "",
+    hold_keys: bool = False,
     now: datetime | None = None,
 ) -> list[ClaimedMessage]:
     """Claim up to ``limit`` claimable rows, oldest first, in one statement.
@@ -98,12 +99,13 @@ async def claim_batch(
     claim are skipped (``FOR UPDATE SKIP LOCKED``), so concurrent claimers never get the
     same row. Claimed rows become ``in_progress``, leased to ``worker_id`` until
     ``now + lock_seconds``, with ``attempts`` incremented. Returned oldest first
-    (``next_attempt_at``, then ``id``).
+    (``next_attempt_at``, then ``id``); ordered, in position order.
 
     A row whose payload cannot be decoded (written by another producer, or holding what
     Python's JSON reader refuses, such as an integer of more than 4,300 digits) is not
     returned: it is marked ``dead`` at once, its error naming the decoding failure, and the
-    rest of the batch is returned as usual.
+    rest of the batch is returned as usual. With ``hold_keys`` (see :func:`mark_dead`) its
+    key is held, and the rows of its key after it are handed back instead of returned.
     """
     statement, params = claim_statement(
         limit=limit,
@@ -126,7 +128,9 @@ async def claim_batch(
             undecodable[id_] = f"undecodable payload: {error_text(exc)}"
             rejected.append(ClaimedMessage(*row))
     if rejected:
-        await mark_dead(db, rejected, worker_id=worker_id, error=undecodable)
+        await mark_dead(db, rejected, worker_id=worker_id, error=undecodable, hold_keys=hold_keys)
+        if hold_keys:
+            claimed = await _hand_back_behind(db, claimed, rejected, worker_id)
         for message in rejected:
             log_event(
                 log,
@@ -142,6 +146,23 @@ async def claim_batch(
     else:
         claimed.sort(key=lambda m: (m.next_attempt_at, m.id))
     return claimed
+
+
+async def _hand_back_behind(
+    db: AsyncDB,
+    claimed: list[ClaimedMessage],
+    dead: list[ClaimedMessage],
+    worker_id: str,
+) -> list[ClaimedMessage]:
+    """``claimed`` without the rows of a held key after its dead head, which are released."""
+    heads: dict[str, int] = {}
+    for message in dead:
+        if message.key is not None and message.seq is not None:
+            heads[message.key] = min(heads.get(message.key, message.seq), message.seq)
+    behind = [m for m in claimed if m.key in heads and m.seq is not None and m.seq > heads[m.key]]
+    if behind:
+        await release(db, behind, worker_id=worker_id)
+    return [m for m in claimed if m not in behind]
 
 
 def claim_statement(
@@ -331,9 +352,10 @@ async def tidy_keys(
 ) -> int:
     """Keys' housekeeping; returns how many key rows it freed or deleted.
 
-    Deletes free keys last leased more than ``idle_seconds`` ago (a key's row holds no
-    position, so nothing is lost), and frees keys leased that long ago whose rows are no
-    longer in flight (a leased row changed by hand). At most ``limit`` of each per call.
+    Frees keys leased more than ``idle_seconds`` ago whose rows are no longer in flight (a
+    leased row changed by hand), then deletes free keys last leased that long ago (a key's
+    row holds no position, so nothing is lost); ``limit`` per statement, as many
+    statements as it takes.
     """
     _check_limit(limit)
     params = {
@@ -341,9 +363,14 @@ async def tidy_keys(
         "limit": limit,
         "now": checked_now(now),
     }
-    freed = await fetch_all(db, key_order.TIDY_KEYS, params)
-    deleted = await fetch_all(db, key_order.DELETE_IDLE_KEYS, params)
-    return len(freed) + len(deleted)
+    done = 0
+    for statement in (key_order.TIDY_KEYS, key_order.DELETE_IDLE_KEYS):
+        while True:  # a full statement: there may be more
+            changed = len(await fetch_all(db, statement, params))
+            done += changed
+            if changed < limit:
+                break
+    return done
 
 
 # -- helpers -------------------------------------------------------------------------------

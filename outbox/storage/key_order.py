@@ -45,20 +45,23 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    literal_column,
     null,
     or_,
     select,
     true,
+    type_coerce,
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.sql.dml import Update
 
 from outbox.storage import statements as sql
 from outbox.storage.schema import KEYS_TABLE_NAME, POSITION_SEQUENCE, keys_table, outbox_table
 
 __all__ = [
+    "DELETE_IDLE_KEYS",
     "EXTEND_LEASE",
     "KEY_COUNTS",
     "MARK_DEAD",
@@ -120,7 +123,11 @@ def ordered_claim(filtered: bool) -> Update:
         .subquery("keyed")
     )
     pool_keys = (
-        select(keyed, _head_can_go(keyed.c.key, claimable).label("ready"))
+        select(
+            keyed,
+            _head_can_go(keyed.c.key, claimable).label("ready"),
+            _lease_seen(keyed.c.key).label("lease_seen"),
+        )
         .where(~_leased_or_held(keyed.c.key))
         .order_by(keyed.c.since, keyed.c.first_id)
         .limit(_limit())
@@ -135,18 +142,22 @@ def ordered_claim(filtered: bool) -> Update:
         ~select(literal(1)).where(pool.c.key.is_(None)).exists(),
     )
     scanned = _key_scan(stuck)
-    rescued = (
-        select(
-            scanned.c.key,
-            sql.CLOCK.label("since"),
-            literal(0, BigInteger).label("first_id"),
-            _limit().label("seen"),
-            _head_can_go(scanned.c.key, claimable).label("ready"),
-        )
+    rescued_keys = (
+        select(scanned.c.key)
         .where(scanned.c.key.isnot(None), ~_leased_or_held(scanned.c.key))
         .limit(_limit())
-        .subquery("rescued")
+        .subquery("rescued_keys")
     )
+    # A rescued key's rows are not in sight: read a fair share of the batch from each.
+    share = func.greatest(1, _limit() / func.count().over())
+    rescued = select(
+        rescued_keys.c.key,
+        sql.CLOCK.label("since"),
+        literal(0, BigInteger).label("first_id"),
+        share.label("seen"),
+        _head_can_go(rescued_keys.c.key, claimable).label("ready"),
+        _lease_seen(rescued_keys.c.key).label("lease_seen"),
+    ).subquery("rescued")
     key_candidates = union_all(select(pool_keys), select(rescued)).subquery("key_candidates")
     ready = (
         select(
@@ -154,6 +165,7 @@ def ordered_claim(filtered: bool) -> Update:
             key_candidates.c.since,
             key_candidates.c.first_id,
             key_candidates.c.seen,
+            key_candidates.c.lease_seen,
             func.row_number()
             .over(order_by=(key_candidates.c.since, key_candidates.c.first_id))
             .label("rank"),
@@ -167,16 +179,25 @@ def ordered_claim(filtered: bool) -> Update:
     # keys with backlogs), half of the keys (at least one): the other workers get the other
     # half, so a few keys still run in parallel. Else every ready key, up to :limit. Of
     # those, the keys no other claimer is leasing at this moment.
+    wanted_now = and_(
+        ready.c.rank <= _limit(),
+        or_(
+            ready.c.count >= _limit(),
+            ready.c.in_sight <= _limit(),
+            ready.c.rank <= func.greatest(1, (ready.c.count + 1) / 2),
+        ),
+    )
     grabbed = (
-        select(ready.c.key, ready.c.since, ready.c.first_id, ready.c.seen)
+        select(ready.c.key, ready.c.since, ready.c.first_id, ready.c.seen, ready.c.lease_seen)
         .where(
-            ready.c.rank <= _limit(),
-            or_(
-                ready.c.count >= _limit(),
-                ready.c.in_sight <= _limit(),
-                ready.c.rank <= func.greatest(1, (ready.c.count + 1) / 2),
-            ),
-            func.pg_try_advisory_xact_lock(KEY_LOCK_CLASS, func.hashtext(ready.c.key)),
+            # CASE: the lock is tried only for the keys chosen, never before the choice.
+            case(
+                (
+                    wanted_now,
+                    func.pg_try_advisory_xact_lock(KEY_LOCK_CLASS, func.hashtext(ready.c.key)),
+                ),
+                else_=false(),
+            )
         )
         .cte("grabbed")
         .prefix_with("MATERIALIZED")
@@ -252,20 +273,32 @@ def ordered_claim(filtered: bool) -> Update:
     )
     lease_until = sql.CLOCK + bindparam("lease", type_=Interval())
     new_leases = (
-        select(picked.c.key, func.count(), lease_until)
+        select(picked.c.key, func.count(), lease_until, POSITION_SEQUENCE.next_value())
         .where(picked.c.key.isnot(None))
         .group_by(picked.c.key)
         .order_by(picked.c.key)
     )
-    upsert = insert(keys_table).from_select(["key", "inflight", "locked_until"], new_leases)
+    upsert = insert(keys_table).from_select(
+        ["key", "inflight", "locked_until", "lease_no"], new_leases
+    )
+    # literal_column: "excluded" must stay the proposed row, not become a FROM of its own.
+    proposed_key = literal_column("excluded.key", Text)
+    lease_seen = select(grabbed.c.lease_seen).where(grabbed.c.key == proposed_key).scalar_subquery()
     leases = (
         upsert.on_conflict_do_update(
             index_elements=[keys.key],
             set_={
                 "inflight": upsert.excluded.inflight,
                 "locked_until": upsert.excluded.locked_until,
+                "lease_no": upsert.excluded.lease_no,
             },
-            where=and_(keys.inflight == 0, keys.held_by.is_(None)),
+            # Free now, and not leased since this statement's snapshot: a lease that came
+            # and went meanwhile may have positioned rows this snapshot cannot see.
+            where=and_(
+                keys.inflight == 0,
+                keys.held_by.is_(None),
+                keys.lease_no.is_not_distinct_from(lease_seen),
+            ),
         )
         .returning(keys.key)
         .cte("leases")
@@ -299,7 +332,6 @@ def ordered_claim(filtered: bool) -> Update:
             locked_by=bindparam("worker_id", type_=Text),
             locked_until=lease_until,
             lease_token=func.gen_random_uuid(),
-            # A row positioned since the snapshot (claimed, then handed back) keeps its own.
             seq=func.coalesce(col.seq, positions[func.array_position(ids, col.id)]),
         )
         .returning(*sql.CLAIMED_COLUMNS)
@@ -317,6 +349,11 @@ def _head_can_go(key: Any, claimable: tuple[Any, ...]) -> Any:
         .scalar_subquery(),
         false(),
     )
+
+
+def _lease_seen(key: Any) -> Any:
+    """``key``'s lease number on the snapshot (``NULL``: no row)."""
+    return select(keys.lease_no).where(keys.key == key).scalar_subquery()
 
 
 def _leased_or_held(key: Any) -> Any:
@@ -340,8 +377,8 @@ def _next_key(after: Any) -> Any:
 
 
 def _key_scan(when: Any) -> Any:
-    """Up to ``:walk`` distinct keys with live rows, in key order from ``:after_key`` and
-    wrapping around to the start once (a loose index scan: one probe per key), when
+    """Distinct keys with live rows, in key order from ``:after_key`` and wrapping around to
+    the start once (a loose index scan: one probe per key, at most ``10 x :walk``), when
     ``when`` holds; rows ``(key, wrapped)``. A worker passes the largest key of its previous
     batch as ``:after_key``, so that successive scans take turns over the keys."""
     start = bindparam("after_key", type_=Text)
@@ -362,7 +399,9 @@ def _key_scan(when: Any) -> Any:
         anchor.c.step + 1,
     ).where(
         anchor.c.key.isnot(None),
-        anchor.c.step < bindparam("walk", type_=Integer),
+        # At most 10 x :walk probes; the scan stops earlier, as soon as the claim has the
+        # :limit free keys it takes from it (a recursive CTE is read on demand).
+        anchor.c.step < 10 * bindparam("walk", type_=Integer),
         ~and_(anchor.c.wrapped, anchor.c.key >= start),
     )
     scan = anchor.union_all(step)
@@ -389,9 +428,13 @@ def releasing_keys(ends_leases: Update, *returned: str) -> Select[Any]:
         select(
             changed.c.key,
             func.count().label("ended"),
-            func.min(changed.c.id)
-            .filter(and_(changed.c.status == sql.DEAD, hold))
-            .label("dead_head"),
+            # The first in the key's order of the rows that went dead here.
+            type_coerce(
+                func.array_agg(aggregate_order_by(changed.c.id, changed.c.seq)).filter(
+                    and_(changed.c.status == sql.DEAD, hold)
+                ),
+                ARRAY(BigInteger),
+            )[1].label("dead_head"),
         )
         .where(changed.c.key.isnot(None), changed.c.seq.isnot(None))
         .group_by(changed.c.key)
@@ -417,40 +460,43 @@ RELEASE = releasing_keys(sql.RELEASE, "id")
 REAP = releasing_keys(sql.REAP, "id", "status")
 EXTEND_LEASE = sql.EXTEND_LEASE  # a heartbeat keeps the key's lease as it is
 
-_idle_keys = (
-    select(keys.key)
-    .where(keys.locked_until < sql.CLOCK - bindparam("idle", type_=Interval()))
-    .order_by(keys.locked_until)
-    .limit(_limit())
-    .cte("idle_keys")
-)
+
+def _keys_leased_before_idle(*conditions: Any) -> Any:
+    """Up to ``:limit`` keys meeting ``conditions``, leased before ``now - :idle``, oldest
+    lease first (a scan of ``outbox_keys``, which holds only recently used keys)."""
+    return func.array(
+        select(keys.key)
+        .where(keys.locked_until < sql.CLOCK - bindparam("idle", type_=Interval()), *conditions)
+        .order_by(keys.locked_until)
+        .limit(_limit())
+        .scalar_subquery()
+    )
+
+
 _still_in_flight = (
     select(literal(1)).where(col.key == keys.key, col.status == sql.IN_PROGRESS).exists()
 )
 TIDY_KEYS = (
     update(keys_table)
     .where(
-        keys.key == func.any(func.array(select(_idle_keys.c.key).scalar_subquery())),
+        keys.key == func.any(_keys_leased_before_idle(keys.inflight > 0)),
         keys.inflight > 0,
         ~_still_in_flight,
     )
     .values(inflight=0)
     .returning(keys.key)
 )
-"""Repair: keys leased longer ago than ``:idle`` whose rows are no longer in flight (a row
-changed by hand while leased) are freed. Up to ``:limit`` of the oldest leases looked at."""
+"""Repair: of up to ``:limit`` keys still counted in flight and leased before ``now -
+:idle``, those whose rows are no longer in flight (a row changed by hand) are freed."""
 
+_free = (keys.inflight == 0, keys.held_by.is_(None))
 DELETE_IDLE_KEYS = (
     keys_table.delete()
-    .where(
-        keys.key == func.any(func.array(select(_idle_keys.c.key).scalar_subquery())),
-        keys.inflight == 0,
-        keys.held_by.is_(None),
-    )
+    .where(keys.key == func.any(_keys_leased_before_idle(*_free)), *_free)
     .returning(keys.key)
 )
-"""Free keys last leased longer ago than ``:idle``: their rows are deleted (a key's row
-holds no position; the next claim writes it again). Up to ``:limit`` looked at."""
+"""Up to ``:limit`` free keys last leased before ``now - :idle`` are deleted (a key's row
+holds no position; the next claim writes it again)."""
 
 KEY_COUNTS: Select[int, int] = select(
     func.count().filter(keys.inflight > 0),

@@ -173,7 +173,11 @@ keys_table = Table(
     Column("locked_until", DateTime(timezone=True), nullable=True),
     # The dead head this key waits behind (ORDERING_DEAD=hold), until it is retried or purged.
     Column("held_by", BigInteger, nullable=True),
+    # A new number (from outbox_seq) at every lease: a claim takes a key only if it is the
+    # one its snapshot saw, so a lease that came and went meanwhile is never missed.
+    Column("lease_no", BigInteger, nullable=True),
     CheckConstraint("inflight >= 0", name="ck_outbox_keys_inflight_nonnegative"),
+    postgresql_with={"fillfactor": 70},
 )
 """A key's lease: at most one batch of a key is in flight, across every worker.
 
