@@ -18,7 +18,9 @@ The contract (docs/ordering.md):
   and takes them while each is pending, due and of a wanted type; it stops at the first
   that is not (a retry waiting for its time holds its key back). The rows are re-read
   under their row locks, so a decision made on the statement's snapshot is checked
-  against the latest versions: a row that changed since stops the batch there.
+  against the latest versions: a row that changed since stops the batch there. And a key
+  is leased only if its ``lease_no`` is the one the snapshot saw: a lease that came and
+  went while the statement ran may have positioned rows this snapshot cannot see.
 
 All of it is one statement per claim and per acknowledgement; its cost per claimed row
 depends on neither a key's backlog nor the number of keys.
