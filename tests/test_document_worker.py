@@ -569,7 +569,8 @@ async def test_a_sidecar_outage_past_sidecar_outage_max_seconds_follows_the_atte
     assert worker.events("transport.unavailable")
     outage = worker.events("sidecar.outage")
     assert [e["over_limit"] for e in outage] == [False, True], outage
-    assert outage[1]["lasted_s"] > 2 and outage[1]["failures"] > 2
+    # Past the bound (> 2 s), logged rounded to a tenth: 2.0 when it passed by under 0.05 s.
+    assert outage[1]["lasted_s"] >= 2 and outage[1]["failures"] > 2
 
 
 # -- the documents trigger: the only writer of failed ----------------------------------------
