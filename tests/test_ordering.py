@@ -481,3 +481,20 @@ async def test_an_undecodable_head_holds_its_key_and_what_follows_goes_back(
         rows = (await conn.execute(text("SELECT status, attempts FROM outbox ORDER BY id"))).all()
     assert [tuple(r) for r in rows] == [("dead", 1), ("pending", 0), ("in_progress", 1)]
     assert (await key_rows(engine))["R"][1] == 1  # held behind row 1
+
+
+async def test_the_rescue_scan_reads_past_keys_waiting_for_a_retry(engine: AsyncEngine) -> None:
+    """The oldest rows are those of 8 keys whose heads wait for retries; behind them, in key
+    order too, one key that can go: a claim of 2 still finds it."""
+    blocked = [f"a{n}" for n in range(8)]
+    await add(engine, *[k for k in blocked for _ in range(3)])
+    heads = await claim(engine)
+    assert {m.key for m in heads} == set(blocked)
+    by_key: dict[str, list[ClaimedMessage]] = {}
+    for message in heads:
+        by_key.setdefault(message.key or "", []).append(message)
+    for messages in by_key.values():
+        await reschedule(engine, messages[:1], worker_id="w1", error="later", delay=3600)
+        await release(engine, messages[1:], worker_id="w1")
+    (ready,) = await add(engine, "z")
+    assert ids(await claim(engine, "w2", limit=2)) == [ready]

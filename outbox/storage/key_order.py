@@ -144,9 +144,15 @@ def ordered_claim(filtered: bool) -> Update:
         ~select(literal(1)).where(pool.c.key.is_(None)).exists(),
     )
     scanned = _key_scan(stuck)
+    # Only keys that can go now count towards the :limit the scan stops at, so the scan
+    # reads past blocked keys (up to its bound) instead of stopping at them.
     rescued_keys = (
         select(scanned.c.key)
-        .where(scanned.c.key.isnot(None), ~_leased_or_held(scanned.c.key))
+        .where(
+            scanned.c.key.isnot(None),
+            ~_leased_or_held(scanned.c.key),
+            _head_can_go(scanned.c.key, claimable),
+        )
         .limit(_limit())
         .subquery("rescued_keys")
     )
@@ -157,7 +163,7 @@ def ordered_claim(filtered: bool) -> Update:
         sql.CLOCK.label("since"),
         literal(0, BigInteger).label("first_id"),
         share.label("seen"),
-        _head_can_go(rescued_keys.c.key, claimable).label("ready"),
+        true().label("ready"),
         _lease_seen(rescued_keys.c.key).label("lease_seen"),
     ).subquery("rescued")
     key_candidates = union_all(select(pool_keys), select(rescued)).subquery("key_candidates")
