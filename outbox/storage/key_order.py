@@ -314,7 +314,7 @@ def ordered_claim(filtered: bool) -> Update:
     # Positions in each key's order: nextval() runs in the order of this ordered subquery.
     granted = (
         select(picked.c.id, picked.c.seq)
-        .where(picked.c.key == func.any(func.array(select(leases.c.key).scalar_subquery())))
+        .where(picked.c.key.in_(select(leases.c.key)))  # a hashed subplan, not a scan per row
         .order_by(picked.c.key, picked.c.ord)
         .subquery("granted")
     )
