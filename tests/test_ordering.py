@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -42,6 +40,7 @@ from outbox.storage.claims import tidy_keys
 from outbox.storage.migrate import upgrade
 from outbox.storage.pool import create_pool
 from outbox.storage.stats import stats
+from tests.workerproc import running
 
 pytestmark = pytest.mark.anyio
 
@@ -374,16 +373,6 @@ async def test_a_held_room_waits_behind_its_dead_head(
         await retry_dead(engine, DeadFilter(ids=(r1,)))
         await wait_for(engine, {r1: "published", r2: "published"})
     assert [m.id for m in handler.delivered if m.key == "R"] == [r1, r2]
-
-
-@asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    async with anyio.create_task_group() as tg:
-        await tg.start(worker.run)
-        try:
-            yield worker
-        finally:
-            worker.stop()
 
 
 async def test_an_ordered_worker_on_an_older_schema_stops_at_start_naming_the_migration(

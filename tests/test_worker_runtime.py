@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +31,7 @@ from outbox import (
 )
 from outbox.runtime.settings import WorkerSettings, load_settings
 from outbox.runtime.worker import Worker
+from tests.workerproc import running
 
 pytestmark = pytest.mark.anyio
 
@@ -76,16 +76,6 @@ def settings(database_url: str, **values: Any) -> WorkerSettings:
         "log_format": "text",
     }
     return load_settings(WorkerSettings, **{**defaults, **values})
-
-
-@asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    async with anyio.create_task_group() as tg:
-        await tg.start(worker.run)
-        try:
-            yield worker
-        finally:
-            worker.stop()
 
 
 async def add(engine: AsyncEngine, count: int, type_: str = "message.created") -> list[int]:

@@ -174,3 +174,14 @@ async def subscribed(redis_url: str, pattern: str) -> AsyncIterator[Received]:
         with anyio.CancelScope(shield=True):
             await pubsub.aclose()
             await client.aclose()
+
+
+@asynccontextmanager
+async def running(worker: Any) -> AsyncIterator[Any]:
+    """An in-process ``outbox.runtime.worker.Worker`` running until the block ends."""
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        try:
+            yield worker
+        finally:
+            worker.stop()
