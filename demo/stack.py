@@ -24,7 +24,7 @@ import httpx
 
 from devservers import die_with_parent, free_ports, stop_process
 
-__all__ = ["CHANNEL_PREFIX", "Child", "Stack", "StartFailed", "running_stack"]
+__all__ = ["CHANNEL_PREFIX", "Child", "Stack", "StartFailed", "running_stack", "start_child"]
 
 log = logging.getLogger("demo")
 
@@ -174,8 +174,18 @@ def _start(
     log_dir: Path,
     ready_url: str,
 ) -> Child:
+    child = start_child(name, module, env, log_dir, ready_url)
+    started.append(child)
+    return child
+
+
+def start_child(
+    name: str, module: list[str], env: Mapping[str, str], log_dir: Path, ready_url: str
+) -> Child:
+    """``python -m *module`` with ``env``, its output in ``log_dir/name.log`` (appended),
+    in its own session, sent SIGTERM if this process dies. Start it from the main thread."""
     log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log_file:  # the child keeps its own copy
+    with log_path.open("ab") as log_file:  # the child keeps its own copy
         process = subprocess.Popen(
             [sys.executable, "-m", *module],
             env=dict(env),
@@ -183,9 +193,7 @@ def _start(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            # Safe here: the demo starts its children before it starts any thread.
+            # preexec_fn only calls prctl(2); the demo starts its children before any thread.
             preexec_fn=die_with_parent(signal.SIGTERM),
         )
-    child = Child(name, process, log_path, ready_url)
-    started.append(child)
-    return child
+    return Child(name, process, log_path, ready_url)

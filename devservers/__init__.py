@@ -83,16 +83,19 @@ class _Running:
 _RUNNING: dict[str, _Running] = {}
 
 
-def stop_throwaway(url: str) -> None:
+def stop_throwaway(url: str, *, immediate: bool = False) -> None:
     """Stop the throwaway server behind ``url`` as a crash or restart would (for tests).
 
-    PostgreSQL gets a fast shutdown (sessions are cut), Redis a SIGTERM. Data is kept, and
-    :func:`start_throwaway` brings it back on the same port.
+    PostgreSQL gets a fast shutdown (sessions are cut), or with ``immediate`` an immediate
+    one (no checkpoint: the next start replays the WAL, as after a power cut); Redis a
+    SIGTERM. Data is kept, and :func:`start_throwaway` brings it back on the same port.
     """
     server = _RUNNING[url]
-    stop_process(
-        server.process, signal.SIGINT if server.stop_signal == signal.SIGQUIT else signal.SIGTERM
-    )
+    postgres = server.stop_signal == signal.SIGQUIT
+    if postgres:
+        stop_process(server.process, signal.SIGQUIT if immediate else signal.SIGINT)
+    else:
+        stop_process(server.process, signal.SIGTERM)
 
 
 def start_throwaway(url: str) -> None:
@@ -186,10 +189,13 @@ def redis_reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 @contextlib.contextmanager
-def throwaway_postgres(bindir: Path | None = None) -> Iterator[str]:
+def throwaway_postgres(bindir: Path | None = None, *, durable: bool = False) -> Iterator[str]:
     """Start a private PostgreSQL on a free port; yield its URL; stop and delete it after.
 
-    ``bindir`` picks the server binaries; by default :func:`find_postgres_bindir`.
+    ``bindir`` picks the server binaries; by default :func:`find_postgres_bindir`. By
+    default durability is off for speed (``fsync``, ``synchronous_commit`` and
+    ``full_page_writes``); ``durable`` keeps PostgreSQL's own defaults (all on), for runs
+    that crash the server or measure what production would see. Autovacuum is on either way.
     """
     bindir = bindir or find_postgres_bindir()
     workdir = Path(tempfile.mkdtemp(prefix="outbox-pg-"))
@@ -203,6 +209,8 @@ def throwaway_postgres(bindir: Path | None = None) -> Iterator[str]:
         initdb = [bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8"]
         _run(run_as, [*initdb, "--no-locale", "--no-sync"])
         settings = {**_THROWAWAY_SETTINGS, "unix_socket_directories": str(workdir)}
+        if durable:
+            settings.update(fsync="on", synchronous_commit="on", full_page_writes="on")
         server_log = workdir / "server.log"
 
         def launch(port: int) -> subprocess.Popen[bytes]:
