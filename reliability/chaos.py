@@ -23,6 +23,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -139,7 +141,7 @@ class _Conductor:
         self.database_url, self.redis_url = database_url, redis_url
         self.windows: list[FaultWindow] = []
         self.kills: list[int] = []
-        self._tasks: list[object] = []
+        self._tasks: list[Future[None]] = []
         self._open: dict[str, float] = {}
 
     def play(self, events: list[Event], *, rollback_burst: int) -> None:
@@ -154,7 +156,7 @@ class _Conductor:
                 heapq.heappush(queue, Event(event.at + event.seconds, ending))
 
     def tasks_done(self) -> bool:
-        return all(task.done() for task in self._tasks)  # type: ignore[attr-defined]
+        return all(task.done() for task in self._tasks)
 
     def _do(self, event: Event, rollback_burst: int) -> str | None:
         """Carry out ``event``; name the event that ends it, if it has an end."""
@@ -235,9 +237,9 @@ def _drain(portal: BlockingPortal, traffic: TrafficRun, limit: float) -> str:
     return f"not within {limit:g} s"
 
 
-def _wait(condition: object, limit: float, what: str) -> None:
+def _wait(condition: Callable[[], bool], limit: float, what: str) -> None:
     deadline = time.monotonic() + limit
-    while not condition():  # type: ignore[operator]
+    while not condition():
         if time.monotonic() > deadline:
             log.warning("%s still running after %g s", what, limit)
             return

@@ -8,6 +8,8 @@ through the portal.
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import anyio
 import anyio.abc
@@ -68,11 +70,8 @@ class TrafficRun:
                 await group.start(subscribe, self.redis_url, self.ledger)
                 for _ in range(CHAT_LANES):
                     group.start_soon(self._lane, self.producer.chat_lane, chat_rate / CHAT_LANES)
-                group.start_soon(
-                    self._lane,
-                    lambda rate, until: self.producer.document_lane(rate, until, unreadable_share),
-                    document_rate,
-                )
+                documents = partial(self.producer.document_lane, unreadable_share=unreadable_share)
+                group.start_soon(self._lane, documents, document_rate)
                 task_status.started()
                 await self._finish.wait()
                 group.cancel_scope.cancel()
@@ -140,10 +139,12 @@ class TrafficRun:
                 documents={r[0]: (r[1], r[2]) for r in documents},
             )
 
-    async def _lane(self, produce: object, rate: float) -> None:
+    async def _lane(
+        self, produce: Callable[[float, Callable[[], bool]], Awaitable[None]], rate: float
+    ) -> None:
         self.lanes_running += 1
         try:
-            await produce(rate, self._until)  # type: ignore[operator]
+            await produce(rate, self._until)
         finally:
             self.lanes_running -= 1
 

@@ -59,6 +59,10 @@ SELECT pg_relation_size('outbox'), pg_indexes_size('outbox'),
        pg_total_relation_size('outbox_keys')
 FROM pg_stat_user_tables s WHERE s.relname = 'outbox'
 """
+_CHECKPOINTS = (  # PostgreSQL 17 moved the counts to pg_stat_checkpointer
+    "SELECT num_timed + num_requested FROM pg_stat_checkpointer",
+    "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter",
+)
 
 
 @dataclass
@@ -72,6 +76,7 @@ class Minute:
     live: int
     dead: int
     autovacuums: int
+    checkpoints: int
     keys_mb: float
     lag_p50: float
     lag_p99: float
@@ -83,16 +88,17 @@ class Minute:
         return (
             f"| {self.minute:>3} | {self.produced:>6,.0f} | {self.delivered:>6,.0f} |"
             f" {self.table_mb:>7.1f} | {self.indexes_mb:>7.1f} | {self.claim_index_mb:>6.2f} |"
-            f" {self.live:>8,} | {self.dead:>8,} | {self.autovacuums:>3} |"
+            f" {self.live:>8,} | {self.dead:>8,} | {self.autovacuums:>3} | {self.checkpoints:>3} |"
             f" {self.lag_p50 * 1e3:>6.1f} | {self.lag_p99 * 1e3:>6.1f} |"
             f" {self.claim_p50 * 1e3:>5.2f} | {self.claim_mean * 1e3:>5.2f} | {self.purged:>7,} |"
         )
 
 
 HEADER = (
-    "| min | made/s | got/s | table MB | index MB | claim ix MB | live | dead | av |"
+    "| min | made/s | got/s | table MB | index MB | claim ix MB | live | dead | autovacuums |"
+    " checkpoints |"
     " lag p50 ms | lag p99 ms | claim p50 ms | claim mean ms | purged |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -180,6 +186,14 @@ class Soak:
         window, self.window = self.window, _Window()
         async with engine.connect() as conn:
             row = (await conn.execute(text(_SIZES))).one()
+            checkpoints = -1
+            for query in _CHECKPOINTS:
+                try:
+                    async with conn.begin_nested():
+                        checkpoints = int((await conn.execute(text(query))).scalar_one())
+                    break
+                except Exception:
+                    continue
         claims = await self._claim_histogram()
         claim_p50, claim_mean = _histogram_delta(self.claims, claims)
         self.claims = claims
@@ -195,6 +209,7 @@ class Soak:
             live=row[3],
             dead=row[4],
             autovacuums=row[5],
+            checkpoints=checkpoints,
             keys_mb=row[7] * mb,
             lag_p50=_quantile(lags, 0.5),
             lag_p99=_quantile(lags, 0.99),

@@ -135,3 +135,22 @@ def test_a_port_taken_after_the_probe_is_survived(
         with start() as url:
             assert f":{taken}/" not in url
             assert postgres_reachable(url) if url.startswith("postgresql") else redis_reachable(url)
+
+
+def test_a_durable_server_keeps_acknowledged_commits_through_an_immediate_shutdown() -> None:
+    async def query(url: str, sql: str) -> object:
+        conn = await asyncpg.connect(libpq_dsn(url))
+        try:
+            return await conn.fetchval(sql)
+        finally:
+            await conn.close()
+
+    with throwaway_postgres(durable=True) as url:
+        settings = "SELECT string_agg(setting, ',' ORDER BY name) FROM pg_settings WHERE name IN"
+        names = "('autovacuum', 'fsync', 'full_page_writes', 'synchronous_commit')"
+        assert asyncio.run(query(url, f"{settings} {names}")) == "on,on,on,on"
+        asyncio.run(query(url, "CREATE TABLE kept AS SELECT generate_series(1, 1000) AS n"))
+        devservers.stop_throwaway(url, immediate=True)  # no checkpoint: recovery replays WAL
+        assert not postgres_reachable(url, timeout=0.5)
+        devservers.start_throwaway(url)
+        assert asyncio.run(query(url, "SELECT sum(n) FROM kept")) == 500500
