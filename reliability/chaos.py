@@ -32,6 +32,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from devservers import start_throwaway, stop_throwaway, throwaway_postgres, throwaway_redis
 from outbox.storage.migrate import upgrade
 from reliability.fleet import Fleet, WorkerSlot
+from reliability.options import at_least
 from reliability.run import TrafficRun
 from reliability.schedule import Event, plan
 from reliability.traffic import settle_unknown
@@ -254,13 +255,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--seed", type=int, default=16, help="draws the fault timeline (16)")
-    add("--seconds", type=float, default=180.0, help="how long faults and producing last (180)")
-    add("--messages", type=int, default=50_000, help="chat messages to commit at least (50,000)")
-    add("--rooms", type=int, default=500, help="chat rooms (500)")
-    add("--documents", type=int, default=2_000, help="documents to write (2,000)")
-    add("--kills", type=int, default=12, help="workers to SIGKILL (12)")
-    add("--burst-rows", type=int, default=5_000, help="rows of each of the 6 bursts (5,000)")
-    add("--drain-seconds", type=float, default=300.0, help="longest wait at the end (300)")
+    add(
+        "--seconds",
+        type=at_least(float, 30),
+        default=180.0,
+        help="how long faults and producing last (180)",
+    )
+    add(
+        "--messages",
+        type=at_least(int, 1),
+        default=50_000,
+        help="chat messages to commit at least (50,000)",
+    )
+    add("--rooms", type=at_least(int, 1), default=500, help="chat rooms (500)")
+    add("--documents", type=at_least(int, 1), default=2_000, help="documents to write (2,000)")
+    add("--kills", type=at_least(int, 0), default=12, help="workers to SIGKILL (12)")
+    add(
+        "--burst-rows",
+        type=at_least(int, 1),
+        default=5_000,
+        help="rows of each of the 6 bursts (5,000)",
+    )
+    add(
+        "--drain-seconds",
+        type=at_least(float, 1),
+        default=300.0,
+        help="longest wait at the end (300)",
+    )
     add("--keep-logs", action="store_true", help="keep the processes' logs even on a pass")
     return parser
 

@@ -40,6 +40,7 @@ from outbox.primitives.urls import async_database_url
 from outbox.storage.migrate import upgrade
 from reliability.fleet import Fleet
 from reliability.ledger import Arrival, Ledger
+from reliability.options import at_least, positive_duration
 from reliability.traffic import subscribe
 
 __all__ = ["main"]
@@ -351,10 +352,15 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 steady, 1 drifted or grew, 2 bad options.",
     )
     add = parser.add_argument
-    add("--minutes", type=int, default=30, help="how long (30)")
-    add("--rate", type=float, default=1000.0, help="chat messages per second (1,000)")
-    add("--rooms", type=int, default=200, help="chat rooms (200)")
-    add("--retain", default="2m", help="purge published rows older than this, each minute (2m)")
+    add("--minutes", type=at_least(int, 1), default=30, help="how long (30)")
+    add("--rate", type=at_least(float, 1), default=1000.0, help="chat messages per second (1,000)")
+    add("--rooms", type=at_least(int, 1), default=200, help="chat rooms (200)")
+    add(
+        "--retain",
+        type=positive_duration,
+        default="2m",
+        help="purge published rows older than this, each minute (2m)",
+    )
     return parser
 
 

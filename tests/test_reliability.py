@@ -141,3 +141,25 @@ def test_soak_run_stays_steady() -> None:
     assert "soak: PASS" in _run(
         "reliability.soak", "--minutes", "5", "--rate", "500", "--retain", "1m", limit=800
     )
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "reason"),
+    [
+        ("reliability.chaos", ["--seconds", "10"], "--seconds: '10': must be at least 30"),
+        ("reliability.chaos", ["--documents", "0"], "--documents: '0': must be at least 1"),
+        ("reliability.soak", ["--retain", "2x"], "--retain: '2x' is not a duration"),
+        ("reliability.soak", ["--rate", "abc"], "--rate: 'abc' is not a number"),
+    ],
+)
+def test_bad_options_exit_2_with_the_reason(module: str, args: list[str], reason: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert reason in done.stderr
