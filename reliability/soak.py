@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import shutil
@@ -35,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import outbox
 from devservers import throwaway_postgres, throwaway_redis
+from outbox.primitives.durations import parse_duration
 from outbox.primitives.messages import NewMessage
 from outbox.primitives.urls import async_database_url
 from outbox.storage.migrate import upgrade
@@ -50,6 +52,7 @@ log = logging.getLogger("reliability.soak")
 LANES = 4
 ROWS_PER_TRANSACTION = 10
 DRIFT_LIMIT = 1.2
+GROWTH_LIMIT = 1.25
 CLAIM_FLOOR_SECONDS = 0.0005
 """Claim times closer than this count as equal (the histogram's resolution is coarse)."""
 
@@ -263,8 +266,9 @@ def _quantile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
 
 
-def verdict(minutes: list[Minute], asked_rate: float) -> list[str]:
-    """Compare the first and last fifth of the run; an empty list of problems passes."""
+def verdict(minutes: list[Minute], asked_rate: float, warm_up_minutes: int) -> list[str]:
+    """Compare the first and last fifth of the run, and the table's size over the minutes
+    after ``warm_up_minutes``; lines starting ``FAIL`` are the problems."""
     span = max(1, min(5, len(minutes) // 5))
     first, last = minutes[:span], minutes[-span:]
     problems = []
@@ -286,15 +290,22 @@ def verdict(minutes: list[Minute], asked_rate: float) -> list[str]:
         )
         if b > a * DRIFT_LIMIT and b - a > floor:
             problems.append(f"{label} drifted: {ratio:.2f}x")
-    third = max(1, len(minutes) // 3)
-    middle = max(m.table_mb + m.indexes_mb for m in minutes[third : 2 * third] or minutes)
-    end = max(m.table_mb + m.indexes_mb for m in minutes[-third:])
-    lines.append(
-        f"outbox table + indexes: at most {middle:.1f} MB in the middle third,"
-        f" {end:.1f} MB in the last"
-    )
-    if end > middle * 1.25:
-        problems.append(f"the table kept growing: {middle:.1f} -> {end:.1f} MB")
+    # The table fills until purge starts deleting (retention, then a minute's cadence):
+    # growth is judged on the minutes after that, first half against second half.
+    steady = minutes[warm_up_minutes:]
+    half = len(steady) // 2
+    if half == 0:
+        lines.append(f"outbox table + indexes: too short to judge after {warm_up_minutes} min")
+    else:
+        before = max(m.table_mb + m.indexes_mb for m in steady[:half])
+        after = max(m.table_mb + m.indexes_mb for m in steady[half:])
+        lines.append(
+            f"outbox table + indexes: at most {before:.1f} MB in minutes"
+            f" {steady[0].minute}-{steady[half - 1].minute}, {after:.1f} MB in minutes"
+            f" {steady[half].minute}-{steady[-1].minute}"
+        )
+        if after > before * GROWTH_LIMIT:
+            problems.append(f"the table kept growing: {before:.1f} -> {after:.1f} MB")
     produced = statistics.median(m.produced for m in minutes)
     delivered = statistics.median(m.delivered for m in minutes)
     lines.append(
@@ -334,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                 portal.call(soak.run, redis_url)
         finally:
             fleet.stop()
-    lines = verdict(soak.minutes, options.rate)
+    retain_minutes = math.ceil(parse_duration(options.retain).total_seconds() / 60)
+    lines = verdict(soak.minutes, options.rate, warm_up_minutes=retain_minutes + 2)
     print("\n".join(lines), flush=True)
     ok = not any(line.startswith("FAIL") for line in lines)
     print(f"soak: {'PASS' if ok else 'FAIL'}", flush=True)
