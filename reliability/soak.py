@@ -44,6 +44,7 @@ from reliability.fleet import Fleet
 from reliability.ledger import Arrival, Ledger
 from reliability.options import at_least, positive_duration
 from reliability.traffic import subscribe
+from reliability.verdict import quantile
 
 __all__ = ["main"]
 
@@ -59,8 +60,7 @@ CLAIM_FLOOR_SECONDS = 0.0005
 _SIZES = """
 SELECT pg_relation_size('outbox'), pg_indexes_size('outbox'),
        pg_relation_size('ix_outbox_claimable'), s.n_live_tup, s.n_dead_tup,
-       s.autovacuum_count, s.autoanalyze_count,
-       pg_total_relation_size('outbox_keys')
+       s.autovacuum_count
 FROM pg_stat_user_tables s WHERE s.relname = 'outbox'
 """
 _CHECKPOINTS = (  # PostgreSQL 17 moved the counts to pg_stat_checkpointer
@@ -81,7 +81,6 @@ class Minute:
     dead: int
     autovacuums: int
     checkpoints: int
-    keys_mb: float
     lag_p50: float
     lag_p99: float
     claim_p50: float
@@ -214,9 +213,8 @@ class Soak:
             dead=row[4],
             autovacuums=row[5],
             checkpoints=checkpoints,
-            keys_mb=row[7] * mb,
-            lag_p50=_quantile(lags, 0.5),
-            lag_p99=_quantile(lags, 0.99),
+            lag_p50=quantile(lags, 0.5),
+            lag_p99=quantile(lags, 0.99),
             claim_p50=claim_p50,
             claim_mean=claim_mean,
             purged=window.purged,
@@ -260,10 +258,6 @@ def _histogram_delta(
             return lower + (bound - lower) * share, mean
         lower, below = bound, cumulative
     return lower, mean
-
-
-def _quantile(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
 
 
 def verdict(minutes: list[Minute], asked_rate: float, warm_up_minutes: int) -> list[str]:

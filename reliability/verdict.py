@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from reliability.ledger import Arrival, Ledger
 
-__all__ = ["Facts", "FaultWindow", "Report", "judge"]
+__all__ = ["Facts", "FaultWindow", "Report", "judge", "quantile"]
 
 PUBLISH_BEFORE_ACK = 5.0
 """A row's publish happened at most this long before its ``published_at`` (the ack)."""
@@ -116,8 +116,8 @@ def _chat_delivery(report: Report, ledger: Ledger, facts: Facts, first: dict[int
     lags = sorted(first[i].at - committed[i][1] for i in committed if i in first)
     if lags:
         report.line(
-            f"commit -> subscriber: p50 {_ms(_quantile(lags, 0.5))},"
-            f" p99 {_ms(_quantile(lags, 0.99))}, max {_ms(lags[-1])}"
+            f"commit -> subscriber: p50 {_ms(quantile(lags, 0.5))},"
+            f" p99 {_ms(quantile(lags, 0.99))}, max {_ms(lags[-1])}"
             " (bursts and faults included)"
         )
 
@@ -239,8 +239,9 @@ def _seconds(at: float | None, since: float) -> str:
     return "never" if at is None else f"{max(0.0, at - since):.2f} s"
 
 
-def _quantile(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))]
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted ``values`` (nearest rank); 0 when there are none."""
+    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
 
 
 def _ms(seconds: float) -> str:
