@@ -192,9 +192,9 @@ def test_no_outbox_table_exits_4_until_migrate_creates_it(empty_database: str) -
     assert ran.err.startswith("outbox: no outbox table in postgresql://")
     assert ran.err.endswith(": run `outbox migrate` first\n")
 
-    assert cli(empty_database, "migrate") == Ran(0, "migrated: outbox_0005 (head)\n", "")
+    assert cli(empty_database, "migrate") == Ran(0, "migrated: outbox_0006 (head)\n", "")
     assert cli(empty_database, "migrate", "--documents") == Ran(
-        0, "migrated: documents_0004 (head), outbox_0005 (head)\n", ""
+        0, "migrated: documents_0004 (head), outbox_0006 (head)\n", ""
     )
     with psycopg.connect(libpq_dsn(empty_database)) as conn:
         tables = {

@@ -100,7 +100,7 @@ def test_migrations_run_inside_a_transaction_the_caller_began(empty_database: st
         engine.dispose()
     assert "ix_outbox_dead_at" in indexes(empty_database)
     assert names(empty_database, "SELECT version_num FROM outbox_alembic_version") == {
-        "outbox_0005"
+        "outbox_0006"
     }
 
 
@@ -209,7 +209,7 @@ def test_standalone_alembic_cli_uses_plain_database_url(empty_database: str) -> 
         VERSION_TABLE,
     }
     current = run("current").stdout
-    assert "outbox_0005 (head)" in current and "documents_0004 (head)" in current
+    assert "outbox_0006 (head)" in current and "documents_0004 (head)" in current
     run("downgrade", "documents@base")
     assert tables(empty_database) == {"outbox", "outbox_audit", "outbox_keys", VERSION_TABLE}
 

@@ -142,6 +142,11 @@ def work(node: dict[str, Any]) -> int:
     return own + sum(work(child) for child in node.get("Plans", []))
 
 
+def claimed_rows(executed: dict[str, Any]) -> int:
+    """The rows a claim's plan leased: its output less the frontier's own row."""
+    return int(executed["Actual Rows"]) - 1
+
+
 def claim(**filters: Any) -> Statement:
     return claim_statement(limit=100, lock_seconds=30, worker_id="w", **filters)
 
@@ -249,9 +254,9 @@ async def test_a_claim_reads_about_its_batch_from_its_own_large_backlog(
             read = scans(executed)
             assert ("Seq Scan", None) not in read, (claimer, generic, read)
             # Every plan node's output (x loops) for a 100-row claim: a filtered claim walks
-            # 300 rows (3 x limit) and keeps a 200-row pool, a few thousand rows in all,
-            # where reading the backlog would be 200,000.
-            assert work(executed) <= 4_000, (claimer, generic, work(executed), read)
+            # 300 rows (3 x limit) and keeps a 200-row pool (read again for the frontier), a
+            # few thousand rows in all, where reading the backlog would be 200,000.
+            assert work(executed) <= 5_000, (claimer, generic, work(executed), read)
 
 
 async def fill_types(conn: AsyncConnection, rows: int, types: int) -> None:
@@ -279,7 +284,7 @@ async def test_a_filtered_claim_does_not_grow_with_the_number_of_types(
         async with big_engine.connect() as conn:
             executed = await plan(conn, claim(**claimer), generic)
             await conn.rollback()
-        assert executed["Actual Rows"] == 100, claimer
+        assert claimed_rows(executed) == 100, claimer
         assert ("Seq Scan", None) not in scans(executed), claimer
         # The walk (300 index entries), the pool's primary-key probes (200), the update (100).
         assert rows_read(executed) <= 700, (claimer, rows_read(executed), scans(executed))
@@ -314,7 +319,7 @@ async def test_a_cached_generic_plan_stays_bounded_when_another_domain_floods_in
         await conn.rollback()
         await conn.exec_driver_sql("DEALLOCATE cached")
     executed = dict((json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"])
-    assert executed["Actual Rows"] == 100
+    assert claimed_rows(executed) == 100
     assert ("Seq Scan", None) not in scans(executed)
     # The walk meets only documents, so the per-type merge runs: the walk (300), one probe
     # per chat type, the chat pool (200) and its primary-key probes, never the 100,000.
@@ -345,7 +350,7 @@ async def test_the_ordered_claim_reads_about_its_batch_whatever_the_keys(
         read = scans(executed)
         assert ("Seq Scan", None) not in read, (claimer, read)
         assert "ix_outbox_key_order" in {index for _, index in read}, read
-        assert executed["Actual Rows"] == 100  # a full batch
+        assert claimed_rows(executed) == 100  # a full batch
         # About 3,000-7,500 (the walk, the keys' heads, the locks, the leases, the update),
         # where reading a key's backlog or every key would be 100,000 or more.
         assert work(executed) <= 10_000, (claimer, generic, work(executed), read)
@@ -371,7 +376,7 @@ async def test_the_ordered_claim_behind_a_leased_keys_backlog_scans_a_bounded_nu
         assert {m.key for m in busy} == {"busy"}
         executed = await plan(conn, claim(ordered=True), generic)
         await conn.rollback()
-    assert executed["Actual Rows"] == 100
+    assert claimed_rows(executed) == 100
     read = scans(executed)
     assert ("Seq Scan", None) not in read, read
     assert work(executed) <= 15_000, (generic, work(executed), read)

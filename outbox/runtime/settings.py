@@ -28,6 +28,7 @@ from outbox.primitives.constants import DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT
 from outbox.primitives.errors import ConfigurationError, InvalidArgumentError
 from outbox.primitives.prefixes import type_ranges
 from outbox.primitives.urls import libpq_dsn, redacted_url
+from outbox.storage.frontier import DEFAULT_FULL_WALK_SECONDS, DEFAULT_LOOKBACK_SECONDS
 
 __all__ = ["BearerToken", "WorkerSettings", "load_settings", "parse_prefixes"]
 
@@ -88,6 +89,13 @@ class WorkerSettings(BaseSettings):
     """Rows per claim."""
     concurrency: int | None = Field(None, ge=1, le=10 * MAX_CLAIM_LIMIT)
     """Messages in flight at once (claimed, not yet acknowledged); default 2 x BATCH_SIZE."""
+    claim_lookback_seconds: float = Field(DEFAULT_LOOKBACK_SECONDS, ge=0, le=3600)
+    """A claim's walk starts where the last one found the oldest claimable row, less this
+    (docs/operating.md, "Held snapshots"): covers transactions that commit this long after
+    their insert."""
+    claim_full_walk_seconds: float = Field(DEFAULT_FULL_WALK_SECONDS, ge=0.1, le=3600)
+    """How often a claim walks from the oldest row instead (what committed later than the
+    lookback is claimed within this time)."""
     poll_interval_ms: int = Field(1000, ge=10, le=3_600_000)
     """Longest idle wait between claims when no notification arrives."""
     lock_seconds: float = Field(30.0, ge=1, le=_DAY)

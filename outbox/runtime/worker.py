@@ -50,6 +50,7 @@ from outbox.runtime.settings import WorkerSettings
 from outbox.runtime.startup import check_dependencies, start_metrics_server
 from outbox.runtime.wakeup import Wakeup
 from outbox.storage.claims import claim_batch
+from outbox.storage.frontier import ClaimFrontier
 from outbox.storage.pool import create_pool
 
 __all__ = ["Worker"]
@@ -79,6 +80,9 @@ class Worker:
         self._stopping = anyio.Event()
         self._force = False
         self._after_key = ""  # where an ordered claim's key scan starts: see claim_batch
+        self._frontier = ClaimFrontier(
+            settings.claim_lookback_seconds, settings.claim_full_walk_seconds
+        )
         self._stop_scopes: set[anyio.CancelScope] = set()
         self._claim_scope: anyio.CancelScope | None = None
         self._batches_scope: anyio.CancelScope | None = None
@@ -245,6 +249,7 @@ class Worker:
                         ordered=s.ordered,
                         after_key=self._after_key,
                         hold_keys=s.hold_keys,
+                        frontier=self._frontier,
                     )
             except Exception as exc:
                 self.health.database_failed(exc)

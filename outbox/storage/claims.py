@@ -29,8 +29,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Executable
-from sqlalchemy.sql.dml import Update
+from sqlalchemy import CompoundSelect, Executable
 
 from outbox.primitives.backoff import BackoffPolicy, ExponentialBackoff
 from outbox.primitives.constants import (
@@ -49,6 +48,7 @@ from outbox.primitives.prefixes import PrefixArg, type_bounds, type_ranges
 from outbox.storage import key_order
 from outbox.storage import statements as sql
 from outbox.storage.execution import AsyncDB, Rows, fetch_all
+from outbox.storage.frontier import ClaimFrontier
 from outbox.storage.schema import Status
 
 __all__ = [
@@ -81,9 +81,16 @@ async def claim_batch(
     ordered: bool = False,
     after_key: str = "",
     hold_keys: bool = False,
+    frontier: ClaimFrontier | None = None,
     now: datetime | None = None,
 ) -> list[ClaimedMessage]:
     """Claim up to ``limit`` claimable rows, oldest first, in one statement.
+
+    ``frontier``: a worker's :class:`~outbox.storage.frontier.ClaimFrontier` (the same one
+    for each of its claims): the claim's walk starts where the previous one found the oldest
+    claimable row, so it never reads the index entries that rows claimed since the last
+    vacuum leave behind (see :mod:`outbox.storage.frontier` for the one case it delays).
+    Without one, every claim walks from the oldest entry.
 
     ``ordered``: keep each key's order (:mod:`outbox.storage.key_order`): a keyed row is
     claimed only with its key's lease and in its key's order, and gets its position
@@ -107,6 +114,7 @@ async def claim_batch(
     rest of the batch is returned as usual. With ``hold_keys`` (see :func:`mark_dead`) its
     key is held, and the rows of its key after it are handed back instead of returned.
     """
+    since = frontier.next_start() if frontier is not None else None
     statement, params = claim_statement(
         limit=limit,
         lock_seconds=lock_seconds,
@@ -115,18 +123,26 @@ async def claim_batch(
         exclude_type_prefix=exclude_type_prefix,
         ordered=ordered,
         after_key=after_key,
+        since=since,
+        lookback=frontier.lookback_seconds if frontier is not None else 0.0,
         now=now,
     )
     claimed: list[ClaimedMessage] = []
     undecodable: dict[int, str] = {}
     rejected: list[ClaimedMessage] = []
-    for row in await fetch_all(db, statement, params):
+    reported: datetime | None = None
+    for *row, row_frontier in await fetch_all(db, statement, params):
+        if row[0] is None:  # the frontier's own row (statements.with_frontier)
+            reported = row_frontier
+            continue
         id_, type_, key, text, *rest = row  # the payload as JSON text
         try:
             claimed.append(ClaimedMessage(id_, type_, key, json.loads(text), *rest))
         except (ValueError, RecursionError) as exc:
             undecodable[id_] = f"undecodable payload: {error_text(exc)}"
             rejected.append(ClaimedMessage(*row))
+    if frontier is not None:
+        frontier.moved(since, reported)
     if rejected:
         await mark_dead(db, rejected, worker_id=worker_id, error=undecodable, hold_keys=hold_keys)
         if hold_keys:
@@ -174,9 +190,13 @@ def claim_statement(
     exclude_type_prefix: PrefixArg = None,
     ordered: bool = False,
     after_key: str = "",
+    since: datetime | None = None,
+    lookback: float = 0.0,
     now: datetime | None = None,
-) -> tuple[Update, Mapping[str, object]]:
-    """The statement :func:`claim_batch` runs and its parameters (for EXPLAIN)."""
+) -> tuple[CompoundSelect[Any], Mapping[str, object]]:
+    """The statement :func:`claim_batch` runs and its parameters (for EXPLAIN): the walk
+    starts at ``since`` (``None``: the oldest entry); ``lookback`` seconds as in
+    :func:`~outbox.storage.statements.with_frontier`."""
     _check_limit(limit)
     _check_worker(worker_id)
     ranges = type_ranges(include_type_prefix, exclude_type_prefix)
@@ -185,6 +205,8 @@ def claim_statement(
         "worker_id": worker_id,
         "lease": _seconds("lock_seconds", lock_seconds, positive=True),
         "now": checked_now(now),
+        "since": checked_now(since),
+        "lookback": _seconds("lookback", lookback, positive=False),
     }
     filtered = ranges is not None
     if filtered or ordered:

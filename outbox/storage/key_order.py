@@ -36,6 +36,7 @@ from sqlalchemy import (
     ARRAY,
     BigInteger,
     Boolean,
+    CompoundSelect,
     Integer,
     Interval,
     Select,
@@ -88,7 +89,7 @@ def _limit() -> Any:
 
 
 @lru_cache(maxsize=2)
-def ordered_claim(filtered: bool) -> Update:
+def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
     """The ordered claim, as one statement (the parameters of
     :func:`outbox.storage.statements.claim`, with ``:walk`` and, filtered, ``:pool``).
 
@@ -107,11 +108,11 @@ def ordered_claim(filtered: bool) -> Update:
        (``ON CONFLICT``: a key leased meanwhile is not taken), positions given in each
        key's order, the rows leased.
 
-    Returns :data:`~outbox.storage.statements.CLAIMED_COLUMNS`.
+    Returns :func:`~outbox.storage.statements.with_frontier` rows.
     """
     pool = sql.claimable_pool(filtered=filtered)
     wanted = (sql.in_type_ranges(),) if filtered else ()
-    claimable = (col.status == sql.PENDING, col.next_attempt_at <= sql.CLOCK, *wanted)
+    claimable = (*sql.claimable_row(), *wanted)
 
     keyed = (
         select(
@@ -124,13 +125,22 @@ def ordered_claim(filtered: bool) -> Update:
         .group_by(pool.c.key)
         .subquery("keyed")
     )
+    # One probe of the key's lease row: whether it is free, its lease number, its floors.
+    lease = keys_table.alias("lease")
+    floor_seq = func.coalesce(lease.c.floor_seq, 0)
+    # The unpositioned rows from the floor, or from the key's first row in the pool if that
+    # is older (a row that committed after the last lease).
+    floor_id = func.least(func.coalesce(lease.c.floor_id, 0), keyed.c.first_id)
     pool_keys = (
         select(
             keyed,
-            _head_can_go(keyed.c.key, claimable).label("ready"),
-            _lease_seen(keyed.c.key).label("lease_seen"),
+            _head_can_go(keyed.c.key, floor_seq, floor_id, claimable).label("ready"),
+            lease.c.lease_no.label("lease_seen"),
+            floor_seq.label("floor_seq"),
+            floor_id.label("floor_id"),
         )
-        .where(~_leased_or_held(keyed.c.key))
+        .select_from(keyed.outerjoin(lease, lease.c.key == keyed.c.key))
+        .where(func.coalesce(lease.c.inflight, 0) == 0, lease.c.held_by.is_(None))
         .order_by(keyed.c.since, keyed.c.first_id)
         .limit(_limit())
         .cte("pool_keys")
@@ -139,19 +149,28 @@ def ordered_claim(filtered: bool) -> Update:
     # The rescue: when nothing in the pool can be taken (each key in it is leased, held, or
     # waits for its head's retry: the pool is one busy key's backlog, or such keys), keys
     # found by a scan of ix_outbox_key_order, so that other keys are not held up behind them.
+    # An empty pool has nothing to rescue: every key whose head can go has that head in the
+    # pool (the walk saw no claimable row), and the scan would read the whole key index
+    # (every entry of every key, dead ones too while a snapshot holds them back).
     stuck = and_(
+        select(literal(1)).select_from(pool).exists(),
         ~select(literal(1)).where(pool_keys.c.ready).exists(),
         ~select(literal(1)).where(pool.c.key.is_(None)).exists(),
     )
     scanned = _key_scan(stuck)
     # Only keys that can go now count towards the :limit the scan stops at, so the scan
     # reads past blocked keys (up to its bound) instead of stopping at them.
+    floored = select(
+        scanned.c.key,
+        func.coalesce(_lease_column(scanned.c.key, keys.floor_seq), 0).label("floor_seq"),
+        func.coalesce(_lease_column(scanned.c.key, keys.floor_id), 0).label("floor_id"),
+    ).subquery("floored")
     rescued_keys = (
-        select(scanned.c.key)
+        select(floored)
         .where(
-            scanned.c.key.isnot(None),
-            ~_leased_or_held(scanned.c.key),
-            _head_can_go(scanned.c.key, claimable),
+            floored.c.key.isnot(None),
+            ~_leased_or_held(floored.c.key),
+            _head_can_go(floored.c.key, floored.c.floor_seq, floored.c.floor_id, claimable),
         )
         .limit(_limit())
         .subquery("rescued_keys")
@@ -164,7 +183,9 @@ def ordered_claim(filtered: bool) -> Update:
         literal(0, BigInteger).label("first_id"),
         share.label("seen"),
         true().label("ready"),
-        _lease_seen(rescued_keys.c.key).label("lease_seen"),
+        _lease_column(rescued_keys.c.key, keys.lease_no).label("lease_seen"),
+        rescued_keys.c.floor_seq,
+        rescued_keys.c.floor_id,
     ).subquery("rescued")
     key_candidates = union_all(select(pool_keys), select(rescued)).subquery("key_candidates")
     ready = (
@@ -174,6 +195,8 @@ def ordered_claim(filtered: bool) -> Update:
             key_candidates.c.first_id,
             key_candidates.c.seen,
             key_candidates.c.lease_seen,
+            key_candidates.c.floor_seq,
+            key_candidates.c.floor_id,
             func.row_number()
             .over(order_by=(key_candidates.c.since, key_candidates.c.first_id))
             .label("rank"),
@@ -196,7 +219,15 @@ def ordered_claim(filtered: bool) -> Update:
         ),
     )
     grabbed = (
-        select(ready.c.key, ready.c.since, ready.c.first_id, ready.c.seen, ready.c.lease_seen)
+        select(
+            ready.c.key,
+            ready.c.since,
+            ready.c.first_id,
+            ready.c.seen,
+            ready.c.lease_seen,
+            ready.c.floor_seq,
+            ready.c.floor_id,
+        )
         .where(
             # CASE: the lock is tried only for the keys chosen, never before the choice.
             case(
@@ -210,13 +241,9 @@ def ordered_claim(filtered: bool) -> Update:
         .cte("grabbed")
         .prefix_with("MATERIALIZED")
     )
-    live = (
-        select(col.id, col.seq)
-        .where(col.key == grabbed.c.key, col.status.in_([sql.PENDING, sql.IN_PROGRESS]))
-        .order_by(col.seq, col.id)
-        .limit(func.least(grabbed.c.seen, _limit()))
-        .lateral("live")
-    )
+    live = _in_key_order(
+        grabbed.c.key, grabbed.c.floor_seq, grabbed.c.floor_id, func.least(grabbed.c.seen, _limit())
+    ).lateral("live")
     heads = (
         select(grabbed.c.key, grabbed.c.since, grabbed.c.first_id, live.c.id, live.c.seq)
         .select_from(grabbed.join(live, true()))
@@ -280,14 +307,35 @@ def ordered_claim(filtered: bool) -> Update:
         .prefix_with("MATERIALIZED")
     )
     lease_until = sql.CLOCK + bindparam("lease", type_=Interval())
-    new_leases = (
-        select(picked.c.key, func.count(), lease_until, POSITION_SEQUENCE.next_value())
+    # One lease number per key (drawn once: the CTE is materialized), and the key's floors
+    # for the claims after this one: no live positioned row of the key is below this batch's
+    # first (its position, or if it has none, every position it is given is above the lease
+    # number, drawn first from the same sequence), and the unpositioned rows this batch takes
+    # are the first ones from the old floor.
+    numbered = (
+        select(
+            picked.c.key,
+            func.count().label("rows"),
+            POSITION_SEQUENCE.next_value().label("lease_no"),
+            func.min(picked.c.seq).label("first_seq"),
+            func.max(picked.c.id).filter(picked.c.seq.is_(None)).label("last_new_id"),
+        )
         .where(picked.c.key.isnot(None))
         .group_by(picked.c.key)
         .order_by(picked.c.key)
+        .cte("numbered")
+        .prefix_with("MATERIALIZED")
     )
+    new_leases = select(
+        numbered.c.key,
+        numbered.c.rows,
+        lease_until,
+        numbered.c.lease_no,
+        func.coalesce(numbered.c.first_seq, numbered.c.lease_no),
+        numbered.c.last_new_id + 1,
+    ).order_by(numbered.c.key)
     upsert = insert(keys_table).from_select(
-        ["key", "inflight", "locked_until", "lease_no"], new_leases
+        ["key", "inflight", "locked_until", "lease_no", "floor_seq", "floor_id"], new_leases
     )
     # literal_column: "excluded" must stay the proposed row, not become a FROM of its own.
     proposed_key = literal_column("excluded.key", Text)
@@ -299,6 +347,8 @@ def ordered_claim(filtered: bool) -> Update:
                 "inflight": upsert.excluded.inflight,
                 "locked_until": upsert.excluded.locked_until,
                 "lease_no": upsert.excluded.lease_no,
+                "floor_seq": upsert.excluded.floor_seq,
+                "floor_id": func.coalesce(upsert.excluded.floor_id, keys.floor_id),
             },
             # Free now, and not leased since this statement's snapshot: a lease that came
             # and went meanwhile may have positioned rows this snapshot cannot see.
@@ -314,7 +364,9 @@ def ordered_claim(filtered: bool) -> Update:
     # Positions in each key's order: nextval() runs in the order of this ordered subquery.
     granted = (
         select(picked.c.id, picked.c.seq)
-        .where(picked.c.key.in_(select(leases.c.key)))  # a hashed subplan, not a scan per row
+        # One array of the leased keys, read once (as "IN (subquery)" the planner may make it
+        # a nested loop over the leases per row).
+        .where(picked.c.key == func.any(func.array(select(leases.c.key).scalar_subquery())))
         .order_by(picked.c.key, picked.c.ord)
         .subquery("granted")
     )
@@ -331,9 +383,11 @@ def ordered_claim(filtered: bool) -> Update:
     # Cast: "= ANY(subquery)" would compare with each row; this is one array value.
     ids = cast(select(assigned.c.ids).scalar_subquery(), ARRAY(BigInteger))
     positions = select(assigned.c.positions).scalar_subquery()
-    return (
+    claimed = (
         update(outbox_table)
-        .where(col.id == func.any(ids), col.status == sql.PENDING)
+        # The rows are ours: locked above and found claimable under the lock. The status is
+        # checked once more, as sql.claimable_row() does (by primary key, never by a walk).
+        .where(col.id == func.any(ids), sql.claimable_row()[0])
         .values(
             status=sql.IN_PROGRESS,
             attempts=col.attempts + 1,
@@ -344,24 +398,50 @@ def ordered_claim(filtered: bool) -> Update:
         )
         .returning(*sql.CLAIMED_COLUMNS)
     )
+    return sql.with_frontier(claimed, pool.c.next_attempt_at)
 
 
-def _head_can_go(key: Any, claimable: tuple[Any, ...]) -> Any:
-    """Whether ``key``'s first live row is claimable now, on the snapshot (one probe of
-    ``ix_outbox_key_order``): a key whose head waits for a retry has nothing to give."""
-    return func.coalesce(
-        select(and_(*claimable))
-        .where(col.key == key, col.status.in_([sql.PENDING, sql.IN_PROGRESS]))
+def _in_key_order(key: Any, floor_seq: Any, floor_id: Any, limit: Any, *extra: Any) -> Any:
+    """``key``'s first ``limit`` live rows ``(id, seq, *extra)`` in its order, read from its
+    floors: the positioned rows from ``floor_seq``, then the others from ``floor_id`` (two
+    ranges of ``ix_outbox_key_order``, merged). Starting there, the read never passes the
+    entries of the key's delivered rows, which stay in the index until vacuum removes them
+    (for as long as a snapshot older than them is held)."""
+    live = col.status.in_([sql.PENDING, sql.IN_PROGRESS])
+    columns = (col.id, col.seq, *extra)
+    # correlate_except: ``key`` and the floors come from the enclosing query, however deep.
+    # Each range read in index order and cut at ``limit`` by itself, so neither is ever
+    # read whole (a key's backlog), whatever the planner makes of the union.
+    positioned = (
+        select(*columns)
+        .where(col.key == key, col.seq >= floor_seq, live)
         .order_by(col.seq, col.id)
-        .limit(1)
-        .scalar_subquery(),
-        false(),
+        .limit(limit)
+        .correlate_except(outbox_table)
     )
+    unpositioned = (
+        select(*columns)
+        .where(col.key == key, col.seq.is_(None), col.id >= floor_id, live)
+        .order_by(col.seq, col.id)
+        .limit(limit)
+        .correlate_except(outbox_table)
+    )
+    rows = union_all(positioned, unpositioned).subquery("in_key_order")
+    return select(rows).order_by(rows.c.seq, rows.c.id).limit(limit)
 
 
-def _lease_seen(key: Any) -> Any:
-    """``key``'s lease number on the snapshot (``NULL``: no row)."""
-    return select(keys.lease_no).where(keys.key == key).scalar_subquery()
+def _head_can_go(key: Any, floor_seq: Any, floor_id: Any, claimable: tuple[Any, ...]) -> Any:
+    """Whether ``key``'s first live row (from its floors) is claimable now, on the snapshot:
+    a key whose head waits for a retry has nothing to give."""
+    head = _in_key_order(key, floor_seq, floor_id, 1, and_(*claimable).label("can_go")).subquery(
+        "head"
+    )
+    return func.coalesce(select(head.c.can_go).scalar_subquery(), false())
+
+
+def _lease_column(key: Any, column: Any) -> Any:
+    """``column`` of ``key``'s lease row, on the snapshot (``NULL``: no row)."""
+    return select(column).where(keys.key == key).scalar_subquery()
 
 
 def _leased_or_held(key: Any) -> Any:

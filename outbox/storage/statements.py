@@ -108,6 +108,25 @@ CLOCK = func.coalesce(bindparam("now", type_=DateTime(timezone=True)), func.stat
 SECOND = literal_column("interval '1 second'", Interval())
 """A number of seconds times this is an interval."""
 
+SINCE = func.coalesce(
+    bindparam("since", type_=DateTime(timezone=True)),
+    cast(literal_column("'-infinity'"), DateTime(timezone=True)),
+)
+"""Where a claim's walk starts (``:since``; ``NULL``: from the oldest row). A bound on the
+claim indexes' first column, so the walk begins there instead of reading every entry before
+it (entries of rows claimed since the last vacuum, kept while a snapshot is held): see
+:class:`outbox.storage.frontier.ClaimFrontier`."""
+
+
+def claimable_row() -> tuple[ColumnElement[bool], ...]:
+    """A given row (found by id) is claimable: ``pending`` and due. The status is tested as
+    ``IS NOT DISTINCT FROM`` so that the planner cannot prove the claim indexes' predicate
+    (``status = 'pending'``) from it: it finds such rows by primary key, never by walking a
+    claim index and filtering by id, which reads every entry the index holds (with a
+    snapshot held, every row claimed since it was taken)."""
+    return (col.status.is_not_distinct_from(PENDING), col.next_attempt_at <= CLOCK)
+
+
 CLAIMED_COLUMNS = (
     col.id,
     col.type,
@@ -181,21 +200,28 @@ SELECT_BY_DEDUPE_KEY: Select[Any] = select(col.id, col.dedupe_key).where(
 
 
 @lru_cache(maxsize=2)
-def claim(filtered: bool) -> Update:
+def claim(filtered: bool) -> CompoundSelect[Any]:
     """The claim, as one statement: every type, or (``filtered``) the types in the ranges
     ``[:type_lows[i], :type_highs[i])`` (see :func:`~outbox.primitives.prefixes.type_bounds`).
 
-    Parameters: ``:limit``, ``:worker_id``, ``:lease`` (interval), ``:now``; filtered also
-    ``:walk``, ``:pool``, ``:type_lows``, ``:type_highs``. Stage 1 (``candidates``) picks the
-    oldest claimable ids, locking them and skipping rows other claimers hold; stage 2 leases
-    those rows and counts the attempt. Returns :data:`CLAIMED_COLUMNS`. The filter is bound
-    parameters, not statement text, so every filter shares one statement and one plan.
+    Parameters: ``:limit``, ``:worker_id``, ``:lease`` (interval), ``:now``, ``:since``,
+    ``:lookback`` (interval); filtered also ``:walk``, ``:pool``, ``:type_lows``,
+    ``:type_highs``. Stage 1 (``candidates``) picks the oldest claimable ids from ``:since``
+    on, locking them and skipping rows other claimers hold; stage 2 leases those rows and
+    counts the attempt. Returns :func:`with_frontier` rows. The filter is bound parameters,
+    not statement text, so every filter shares one statement and one plan.
     """
-    candidates = _oldest_claimable_in_ranges() if filtered else _oldest_claimable()
+    if filtered:
+        pool = claimable_pool(filtered=True)
+        candidates = _oldest_claimable_in_ranges(pool)
+        oldest_seen = pool.c.next_attempt_at
+    else:
+        candidates = _oldest_claimable()
+        oldest_seen = candidates.c.next_attempt_at
     # "id = ANY(ARRAY(candidates))" rather than a join: whatever the planner guesses for an
     # unknown :limit (generic plans), the update stays primary-key lookups.
     chosen = func.array(select(candidates.c.id).scalar_subquery())
-    return (
+    claimed = (
         update(outbox_table)
         .where(col.id == func.any(chosen))
         .values(
@@ -207,6 +233,25 @@ def claim(filtered: bool) -> Update:
         )
         .returning(*CLAIMED_COLUMNS)
     )
+    return with_frontier(claimed, oldest_seen)
+
+
+def with_frontier(claimed: Update, oldest_seen: Any) -> CompoundSelect[Any]:
+    """The rows ``claimed`` returns (:data:`CLAIMED_COLUMNS`, then ``frontier`` NULL), and
+    one row more: every column NULL but ``frontier``, where the next claim may start its
+    walk (its ``:since``): the oldest claimable row this claim saw (``oldest_seen``, taken
+    or not), or if it saw none, ``:now - :lookback``, whichever is older. A row that
+    commits later than ``:lookback`` after its ``next_attempt_at`` may fall behind it:
+    :class:`~outbox.storage.frontier.ClaimFrontier` walks from the start now and then."""
+    rows = claimed.cte("claimed")
+    frontier = func.least(
+        select(func.min(oldest_seen)).scalar_subquery(),
+        CLOCK - bindparam("lookback", type_=Interval()),
+    )
+    return union_all(
+        select(rows, cast(null(), DateTime(timezone=True)).label("frontier")),
+        select(*(null().label(c.name) for c in rows.c), frontier.label("frontier")),
+    )
 
 
 def _limit() -> Any:
@@ -216,8 +261,8 @@ def _limit() -> Any:
 def _oldest_claimable() -> CTE:
     """Unfiltered: walk ``ix_outbox_claimable`` in order and stop after ``limit`` rows."""
     return (
-        select(col.id)
-        .where(col.status == PENDING, col.next_attempt_at <= CLOCK)
+        select(col.id, col.next_attempt_at)
+        .where(col.status == PENDING, col.next_attempt_at <= CLOCK, col.next_attempt_at >= SINCE)
         .order_by(col.next_attempt_at, col.id)
         .limit(_limit())
         .with_for_update(skip_locked=True)
@@ -237,7 +282,7 @@ def _type_ranges() -> Any:
     )
 
 
-def _oldest_claimable_in_ranges() -> CTE:
+def _oldest_claimable_in_ranges(pool: CTE) -> CTE:
     """Filtered by type: the same rows and order as unfiltered, at about the same cost.
 
     Of :func:`claimable_pool`'s ``:pool`` oldest, lock the oldest ``:limit`` still
@@ -247,15 +292,10 @@ def _oldest_claimable_in_ranges() -> CTE:
     that claimers racing for the same oldest rows still fill their batches.
     """
     pool_size = bindparam("pool", type_=Integer)
-    pool = claimable_pool(filtered=True)
     oldest = select(pool.c.id).order_by(pool.c.next_attempt_at, pool.c.id).limit(pool_size)
     return (
         select(col.id)
-        .where(
-            col.id == func.any(func.array(oldest.scalar_subquery())),
-            col.status == PENDING,
-            col.next_attempt_at <= CLOCK,
-        )
+        .where(col.id == func.any(func.array(oldest.scalar_subquery())), *claimable_row())
         .order_by(col.next_attempt_at, col.id)
         .limit(_limit())
         .with_for_update(skip_locked=True)
@@ -286,7 +326,9 @@ def claimable_pool(*, filtered: bool) -> CTE:
     if not filtered:
         return (
             select(col.id, col.key, col.next_attempt_at)
-            .where(col.status == PENDING, col.next_attempt_at <= CLOCK)
+            .where(
+                col.status == PENDING, col.next_attempt_at <= CLOCK, col.next_attempt_at >= SINCE
+            )
             .order_by(col.next_attempt_at, col.id)
             .limit(walk_size)
             .cte("pool")
@@ -295,7 +337,7 @@ def claimable_pool(*, filtered: bool) -> CTE:
     pool_size = bindparam("pool", type_=Integer)
     walk = (
         select(col.id, col.key, col.next_attempt_at, in_type_ranges().label("wanted"))
-        .where(col.status == PENDING, col.next_attempt_at <= CLOCK)
+        .where(col.status == PENDING, col.next_attempt_at <= CLOCK, col.next_attempt_at >= SINCE)
         .order_by(col.next_attempt_at, col.id)
         .limit(walk_size)
         .cte("walk")
@@ -342,6 +384,7 @@ def _oldest_per_type(pool_size: Any) -> Any:
             col.type >= pending_types.c.type,
             col.type <= pending_types.c.type,
             col.next_attempt_at <= CLOCK,
+            col.next_attempt_at >= SINCE,
         )
         .order_by(col.type, col.next_attempt_at, col.id)
         .limit(pool_size)
@@ -472,10 +515,10 @@ RELEASE: Update = (
     .values(
         status=PENDING,
         attempts=col.attempts - 1,
-        # :hold NULL keeps next_attempt_at (already due); else the rows wait that long.
-        next_attempt_at=func.coalesce(
-            CLOCK + bindparam("hold", type_=Interval()), col.next_attempt_at
-        ),
+        # Due now (:hold NULL) or after :hold: never an older time, which would put the row
+        # behind the walks' frontier (SINCE) until their next walk from the start.
+        next_attempt_at=CLOCK
+        + func.coalesce(bindparam("hold", type_=Interval()), literal_column("interval '0'")),
         **LEASE_ENDED,
     )
     .returning(*CHANGED_COLUMNS)
