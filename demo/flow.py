@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from demo.report import LiveView, Summary, outbox_counts, summarize
+from demo.report import LiveView, Summary, outbox_counts, reached_rates, summarize
 from demo.stack import CHANNEL_PREFIX, Stack
 from demo.stopping import StopFlag
 from demo.traffic import Received, Sent, produce, subscribe
@@ -70,6 +70,7 @@ async def run_traffic(
             await group.start(subscribe, redis_url, pattern, received)
             group.start_soon(_sample, view, stack, stops)
             deadline = started + traffic.seconds
+            producing_from = time.time()
             await produce(
                 engine,
                 sent,
@@ -79,11 +80,15 @@ async def run_traffic(
                 unreadable_every=traffic.unreadable_every,
                 until=lambda: stops.stop_producing or time.monotonic() >= deadline,
             )
+            producing = (producing_from, time.time())
             view.phase = "draining what is queued (Ctrl-C again skips)"
             with anyio.move_on_after(traffic.drain_timeout):
                 await _drain(engine, sent, received, stops)
             await view.sample()
-            summary = await summarize(engine, sent, received, time.monotonic() - started)
+            rates = reached_rates(
+                sent, received, producing, traffic.chat_rate, traffic.document_rate
+            )
+            summary = await summarize(engine, sent, received, time.monotonic() - started, rates)
             group.cancel_scope.cancel()
     finally:
         await engine.dispose()

@@ -140,6 +140,61 @@ def show(text: str, out: TextIO | None = None) -> None:
         stream.flush()
 
 
+RATE_HELD_SHARE = 0.95
+"""A rate counts as held when at least this share of it was reached."""
+
+
+@dataclass
+class Rates:
+    """The rates asked for, and what the run reached while it produced."""
+
+    seconds: float
+    """How long the producers ran."""
+    chat_asked: float
+    chat_committed: float
+    chat_delivered: float
+    """Chat messages that reached the subscriber while the producers ran, per second."""
+    documents_asked: float
+    documents_committed: float
+
+    @property
+    def held(self) -> bool:
+        """Every rate asked for was committed, and the chat rate delivered as it came."""
+        return all(
+            reached >= RATE_HELD_SHARE * asked
+            for asked, reached in (
+                (self.chat_asked, self.chat_committed),
+                (self.chat_asked, self.chat_delivered),
+                (self.documents_asked, self.documents_committed),
+            )
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rate_seconds": round(self.seconds, 3),
+            "chat_rate_asked": self.chat_asked,
+            "chat_rate_committed": round(self.chat_committed, 1),
+            "chat_rate_delivered": round(self.chat_delivered, 1),
+            "document_rate_asked": self.documents_asked,
+            "document_rate_committed": round(self.documents_committed, 1),
+            "rate_held": self.held,
+        }
+
+    def lines(self) -> list[str]:
+        out = [
+            f"  rates          asked {self.chat_asked:,.0f} chat/s and"
+            f" {self.documents_asked:,.0f} documents/s; over {self.seconds:.0f} s committed"
+            f" {self.chat_committed:,.0f} chat/s (delivered {self.chat_delivered:,.0f}/s as"
+            f" they came) and {self.documents_committed:,.0f} documents/s"
+        ]
+        if not self.held:
+            out.append(
+                "RATE NOT HELD: this machine did not keep up with the rate asked for (less than"
+                f" {RATE_HELD_SHARE:.0%} of it); the latencies above are for the rates it reached."
+            )
+        return out
+
+
 @dataclass
 class Summary:
     """The end of a run: what was sent and what became of it."""
@@ -158,6 +213,7 @@ class Summary:
     dead_example: str | None
     chat_lag: list[float] = field(repr=False)
     document_lag: list[float] = field(repr=False)
+    rates: Rates | None = None
 
     @property
     def ok(self) -> bool:
@@ -165,7 +221,11 @@ class Summary:
         return not (self.chat_missing or self.documents_unfinished or self.documents_wrong)
 
     def as_json(self) -> dict[str, Any]:
-        figures = {k: v for k, v in vars(self).items() if k not in ("chat_lag", "document_lag")}
+        figures = {
+            k: v for k, v in vars(self).items() if k not in ("chat_lag", "document_lag", "rates")
+        }
+        if self.rates is not None:
+            figures.update(self.rates.as_json())
         for name, values in (("chat_lag", self.chat_lag), ("document_lag", self.document_lag)):
             figures[f"{name}_p50_ms"] = _milliseconds(percentile(values, 0.5))
             figures[f"{name}_p99_ms"] = _milliseconds(percentile(values, 0.99))
@@ -181,6 +241,8 @@ class Summary:
             f" ({self.documents_unreadable} unreadable on purpose)"
             f"   enqueue -> processed {_lag(self.document_lag)}",
         ]
+        if self.rates is not None:
+            out.extend(self.rates.lines())
         if self.dead_example:
             out.append(f"  dead-lettered, for example: {self.dead_example}")
         if self.ok:
@@ -207,7 +269,27 @@ def _milliseconds(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
-async def summarize(engine: AsyncEngine, sent: Sent, received: Received, seconds: float) -> Summary:
+def reached_rates(
+    sent: Sent, received: Received, producing: tuple[float, float], chat: float, documents: float
+) -> Rates:
+    """What the producers committed between ``producing`` (wall-clock start and end) and
+    what reached the subscriber meanwhile, per second, beside the rates asked for."""
+    start, end = producing
+    seconds = max(end - start, 1e-9)
+    delivered = sum(1 for at in received.at.values() if at <= end)
+    return Rates(
+        seconds=seconds,
+        chat_asked=chat,
+        chat_committed=len(sent.chat) / seconds,
+        chat_delivered=delivered / seconds,
+        documents_asked=documents,
+        documents_committed=len(sent.documents) / seconds,
+    )
+
+
+async def summarize(
+    engine: AsyncEngine, sent: Sent, received: Received, seconds: float, rates: Rates | None = None
+) -> Summary:
     """Compare what was committed with what arrived and how each document ended."""
     async with engine.connect() as conn:
         rows = (await conn.execute(_DOCUMENT_OUTCOMES)).all()
@@ -249,4 +331,5 @@ async def summarize(engine: AsyncEngine, sent: Sent, received: Received, seconds
         dead_example=dead_example,
         chat_lag=chat_lags(sent, received),
         document_lag=lags,
+        rates=rates,
     )

@@ -24,6 +24,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from demo.report import Rates
 from devservers import LocalServices
 from outbox.primitives.urls import libpq_dsn
 from tests.conftest import admin
@@ -158,6 +159,11 @@ def test_the_whole_flow_delivers_everything_and_leaves_nothing(
     # The live view printed samples, then the summary with its verdict.
     assert len(re.findall(r"^\s+chat\s+sent", out, flags=re.MULTILINE)) >= 2, out
     assert "Summary after" in out and "OK: every chat message was delivered" in out
+    # The rates asked for and reached.
+    assert summary["chat_rate_asked"] == 100 and summary["document_rate_asked"] == 10
+    committed = summary["chat_sent"] / summary["rate_seconds"]
+    assert abs(summary["chat_rate_committed"] - committed) < 0.1, summary
+    assert ("RATE NOT HELD" in out) is (not summary["rate_held"]), out
     # Nothing left: processes, the demo's database, its logs.
     assert still_running(env) == []
     assert demo_databases(services) == before
@@ -278,3 +284,16 @@ def test_a_server_that_refuses_create_database_is_explained(
     assert code == 3, out
     assert "may not create one" in out and "unset DATABASE_URL" in out
     assert still_running(env) == []
+
+
+def test_the_summary_says_when_the_rate_asked_for_was_not_held() -> None:
+    """Correct but slow is not "OK" alone: the summary names the rate it reached."""
+    slow = Rates(60, 1000, 600, 580, 10, 10)
+    assert not slow.held
+    assert any(line.startswith("RATE NOT HELD") for line in slow.lines())
+    assert "committed 600 chat/s (delivered 580/s" in slow.lines()[0]
+    behind = Rates(60, 1000, 1000, 700, 10, 10)  # committed, but delivery fell behind
+    assert not behind.held
+    held = Rates(60, 1000, 990, 985, 10, 9.6)
+    assert held.held and not any("NOT HELD" in line for line in held.lines())
+    assert held.as_json()["rate_held"] is True
