@@ -22,8 +22,14 @@ The contract (docs/ordering.md):
   is leased only if its ``lease_no`` is the one the snapshot saw: a lease that came and
   went while the statement ran may have positioned rows this snapshot cannot see.
 
+* **Floors.** Each lease also records where the key's live rows start (``floor_seq``: its
+  batch's first position; ``floor_id``: past the unpositioned rows it took), and claims read
+  the key from there, so they never pass the index entries of rows delivered before, which
+  stay until vacuum removes them (for as long as a snapshot older than them is held).
+
 All of it is one statement per claim and per acknowledgement; its cost per claimed row
-depends on neither a key's backlog nor the number of keys.
+depends on neither a key's backlog nor the number of keys, and, but for the versions of
+the keys' lease rows, not on what was delivered since the last vacuum.
 """
 
 from __future__ import annotations
@@ -101,8 +107,9 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
        them but more of their rows in sight than ``:limit`` (a few keys with backlogs),
        half (at least one), so that the other workers get the rest; of those, the keys no
        other claimer is leasing right now;
-    4. per key, its live rows in order (``ix_outbox_key_order``, at most as many as the key
-       has in the pool), locked, and kept while each is pending, due and wanted;
+    4. per key, its live rows in order, read from the key's floors (:func:`_in_key_order`
+       on ``ix_outbox_key_order``, at most as many as the key has in the pool), locked, and
+       kept while each is pending, due and wanted;
     5. ``:limit`` of all, round by round (each key's first row, oldest key first, with the
        rows without a key; then each key's second row...); the keys' leases written
        (``ON CONFLICT``: a key leased meanwhile is not taken), positions given in each
@@ -126,7 +133,7 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
         .subquery("keyed")
     )
     # One probe of the key's lease row: whether it is free, its lease number, its floors.
-    lease = keys_table.alias("lease")
+    lease = _lease_row(keyed.c.key)
     floor_seq = func.coalesce(lease.c.floor_seq, 0)
     # The unpositioned rows from the floor, or from the key's first row in the pool if that
     # is older (a row that committed after the last lease).
@@ -139,7 +146,7 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
             floor_seq.label("floor_seq"),
             floor_id.label("floor_id"),
         )
-        .select_from(keyed.outerjoin(lease, lease.c.key == keyed.c.key))
+        .select_from(keyed.outerjoin(lease, true()))
         .where(func.coalesce(lease.c.inflight, 0) == 0, lease.c.held_by.is_(None))
         .order_by(keyed.c.since, keyed.c.first_id)
         .limit(_limit())
@@ -160,16 +167,22 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
     scanned = _key_scan(stuck)
     # Only keys that can go now count towards the :limit the scan stops at, so the scan
     # reads past blocked keys (up to its bound) instead of stopping at them.
-    floored = select(
-        scanned.c.key,
-        func.coalesce(_lease_column(scanned.c.key, keys.floor_seq), 0).label("floor_seq"),
-        func.coalesce(_lease_column(scanned.c.key, keys.floor_id), 0).label("floor_id"),
-    ).subquery("floored")
+    rescue_lease = _lease_row(scanned.c.key)
+    floored = (
+        select(
+            scanned.c.key,
+            func.coalesce(rescue_lease.c.floor_seq, 0).label("floor_seq"),
+            func.coalesce(rescue_lease.c.floor_id, 0).label("floor_id"),
+            rescue_lease.c.lease_no,
+        )
+        .select_from(scanned.outerjoin(rescue_lease, true()))
+        .where(func.coalesce(rescue_lease.c.inflight, 0) == 0, rescue_lease.c.held_by.is_(None))
+        .subquery("floored")
+    )
     rescued_keys = (
         select(floored)
         .where(
             floored.c.key.isnot(None),
-            ~_leased_or_held(floored.c.key),
             _head_can_go(floored.c.key, floored.c.floor_seq, floored.c.floor_id, claimable),
         )
         .limit(_limit())
@@ -183,7 +196,7 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
         literal(0, BigInteger).label("first_id"),
         share.label("seen"),
         true().label("ready"),
-        _lease_column(rescued_keys.c.key, keys.lease_no).label("lease_seen"),
+        rescued_keys.c.lease_no.label("lease_seen"),
         rescued_keys.c.floor_seq,
         rescued_keys.c.floor_id,
     ).subquery("rescued")
@@ -439,18 +452,22 @@ def _head_can_go(key: Any, floor_seq: Any, floor_id: Any, claimable: tuple[Any, 
     return func.coalesce(select(head.c.can_go).scalar_subquery(), false())
 
 
-def _lease_column(key: Any, column: Any) -> Any:
-    """``column`` of ``key``'s lease row, on the snapshot (``NULL``: no row)."""
-    return select(column).where(keys.key == key).scalar_subquery()
+def _lease_row(key: Any) -> Any:
+    """``key``'s lease row as the snapshot sees it, as a LATERAL subquery (no row: none).
 
-
-def _leased_or_held(key: Any) -> Any:
-    """Whether ``key``'s row shows a batch in flight or a hold (on the snapshot; the lease
-    itself is re-checked on the latest row version when it is written)."""
+    Every lease and acknowledgement rewrites the row, and while a snapshot is held none of
+    its old versions can be removed. A probe per key keeps the cost to that key's versions:
+    a bitmap probe reads each of the key's table pages once; an index walk of the range
+    ``[key, key]`` in descending order is a backward scan of the primary key (whose entries
+    of one key follow their place in the table), so it meets the latest version, the
+    visible one, first. (Joining the table whole read every version of every key.)
+    """
     return (
-        select(literal(1))
-        .where(keys.key == key, or_(keys.inflight > 0, keys.held_by.isnot(None)))
-        .exists()
+        select(keys.lease_no, keys.inflight, keys.held_by, keys.floor_seq, keys.floor_id)
+        .where(keys.key >= key, keys.key <= key)
+        .order_by(keys.key.desc())
+        .limit(1)
+        .lateral("lease")
     )
 
 
