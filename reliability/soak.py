@@ -25,8 +25,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -122,7 +124,11 @@ class Soak:
         self.minutes: list[Minute] = []
         self.claims: tuple[dict[float, float], float, float] = ({}, 0.0, 0.0)
 
-    async def run(self, redis_url: str) -> None:
+    async def run(
+        self, redis_url: str, also: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
+    ) -> None:
+        """Produce, purge and sample each minute for ``--minutes``; ``also`` run alongside
+        (cancelled at the end)."""
         engine = create_async_engine(async_database_url(self.database_url), pool_size=LANES + 2)
         try:
             async with anyio.create_task_group() as group:
@@ -131,6 +137,8 @@ class Soak:
                 for lane in range(LANES):
                     group.start_soon(self._produce, engine, lane, stop_at)
                 group.start_soon(self._purge_every_minute)
+                for task in also:
+                    group.start_soon(task)
                 self.claims = await self._claim_histogram()
                 for minute in range(1, int(self.options.minutes) + 1):
                     due = stop_at - (self.options.minutes - minute) * 60

@@ -324,8 +324,10 @@ async def release(
     """Hand claimed, unstarted messages back: ``pending``, the attempt not counted. Fenced.
 
     For shutdown (claimed but never started) and for transport outages (``delay`` holds the
-    messages back without burning their attempts). Do not release a message whose delivery
-    may have started; reschedule it instead.
+    messages back without burning their attempts). The messages are due at ``now`` (plus
+    ``delay``), never at their old time, which would put them behind the workers' claim
+    frontiers. Do not release a message whose delivery may have started; reschedule it
+    instead.
     """
     hold = None if delay is None else _seconds("delay", delay, positive=False)
     return await _acknowledge(db, key_order.RELEASE, messages, worker_id, now, hold=hold)
