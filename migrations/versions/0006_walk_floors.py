@@ -6,8 +6,6 @@
   ``floor_id`` past the last unpositioned row the batch took. The claim reads the key from
   there instead of from its first entry, so it never re-reads the entries its delivered
   rows left behind. ``NULL`` (a key leased by an older worker, or never): from the start.
-* ``outbox_key_lease(key)``: a key's lease row, read newest version first (the ordered
-  claim's lookup; see the function's comment).
 * Autovacuum settings for the two tables that churn: ``outbox`` is vacuumed after 1 % of
   its rows (plus 1,000) are dead rather than PostgreSQL's default 20 %, which on a table
   holding days of published rows means hours of dead entries in the claim indexes;
@@ -42,27 +40,6 @@ OUTBOX_VACUUM = (
 )
 KEYS_VACUUM = "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 200"
 
-# A key's lease row, read newest version first: a backward scan of the primary key over the
-# range [key, key], whose entries of one key follow their place in the table, stops at the
-# first version the snapshot sees, nearly always the last written. A bitmap scan or a join
-# would read every version, and while a snapshot is held every lease and acknowledgement
-# adds one. The settings make the backward scan the function's only plan.
-KEY_LEASE_FUNCTION = """
-CREATE OR REPLACE FUNCTION outbox_key_lease(wanted text)
-RETURNS TABLE (lease_no bigint, inflight integer, held_by bigint, floor_seq bigint,
-               floor_id bigint)
-LANGUAGE sql STABLE
-SET enable_bitmapscan = off
-SET enable_seqscan = off
-AS $$
-    SELECT k.lease_no, k.inflight, k.held_by, k.floor_seq, k.floor_id
-    FROM outbox_keys k
-    WHERE k.key >= wanted AND k.key <= wanted
-    ORDER BY k.key DESC
-    LIMIT 1
-$$
-"""
-
 
 def upgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
@@ -70,12 +47,10 @@ def upgrade() -> None:
     op.execute("ALTER TABLE outbox_keys ADD COLUMN IF NOT EXISTS floor_id bigint")
     op.execute(f"ALTER TABLE outbox_keys SET ({KEYS_VACUUM})")
     op.execute(f"ALTER TABLE outbox SET ({OUTBOX_VACUUM})")
-    op.execute(KEY_LEASE_FUNCTION)
 
 
 def downgrade() -> None:
     op.execute("SET LOCAL lock_timeout = '5s'")
-    op.execute("DROP FUNCTION IF EXISTS outbox_key_lease(text)")
     op.execute(
         "ALTER TABLE outbox RESET (autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold,"
         " autovacuum_vacuum_insert_scale_factor, autovacuum_analyze_scale_factor)"

@@ -51,7 +51,6 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    column,
     false,
     func,
     literal,
@@ -454,24 +453,21 @@ def _head_can_go(key: Any, floor_seq: Any, floor_id: Any, claimable: tuple[Any, 
 
 
 def _lease_row(key: Any) -> Any:
-    """``key``'s lease row as the snapshot sees it, as a LATERAL function call (no row:
-    none): ``outbox_key_lease`` (migration ``outbox_0006``) reads it newest version first.
+    """``key``'s lease row as the snapshot sees it, as a LATERAL subquery (no row: none).
 
     Every lease and acknowledgement rewrites the row, and while a snapshot is held none of
-    its old versions can be removed: a plain lookup, a bitmap probe or a join would read
-    them all, and a claim looks up every key in its pool.
+    its old versions can be removed. A probe per key keeps the cost to that key's versions:
+    a bitmap probe reads each of the key's table pages once; an index walk of the range
+    ``[key, key]`` in descending order is a backward scan of the primary key (whose entries
+    of one key follow their place in the table), so it meets the latest version, the
+    visible one, first. (Joining the table whole read every version of every key.)
     """
     return (
-        func.outbox_key_lease(key)
-        .table_valued(
-            column("lease_no", BigInteger),
-            column("inflight", Integer),
-            column("held_by", BigInteger),
-            column("floor_seq", BigInteger),
-            column("floor_id", BigInteger),
-        )
-        .render_derived(name="lease", with_types=False)
-        .lateral()
+        select(keys.lease_no, keys.inflight, keys.held_by, keys.floor_seq, keys.floor_id)
+        .where(keys.key >= key, keys.key <= key)
+        .order_by(keys.key.desc())
+        .limit(1)
+        .lateral("lease")
     )
 
 
