@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from outbox.primitives.errors import InvalidArgumentError
 
@@ -56,10 +56,6 @@ class ClaimFrontier:
         ):
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
                 raise InvalidArgumentError(f"{name} must be a finite number >= {low:g}: {value!r}")
-
-    @property
-    def lookback(self) -> timedelta:
-        return timedelta(seconds=self.lookback_seconds)
 
     def next_start(self) -> datetime | None:
         """``:since`` for the next claim: ``None`` (from the oldest entry) for the first

@@ -108,10 +108,11 @@ CLOCK = func.coalesce(bindparam("now", type_=DateTime(timezone=True)), func.stat
 SECOND = literal_column("interval '1 second'", Interval())
 """A number of seconds times this is an interval."""
 
-SINCE = func.coalesce(
-    bindparam("since", type_=DateTime(timezone=True)),
-    cast(literal_column("'-infinity'"), DateTime(timezone=True)),
-)
+_TIMESTAMP = DateTime(timezone=True)
+_INFINITY = cast(literal_column("'infinity'"), _TIMESTAMP)
+_MINUS_INFINITY = cast(literal_column("'-infinity'"), _TIMESTAMP)
+
+SINCE = func.coalesce(bindparam("since", type_=_TIMESTAMP), _MINUS_INFINITY)
 """Where a claim's walk starts (``:since``; ``NULL``: from the oldest row). A bound on the
 claim indexes' first column, so the walk begins there instead of reading every entry before
 it (entries of rows claimed since the last vacuum, kept while a snapshot is held): see
@@ -597,9 +598,6 @@ status's partial index, never the published rows."""
 # batch changed or deleted are not read again, even while an old snapshot keeps their
 # index entries alive. (The published purge keys on ``published_at`` alone; see there.)
 
-_TIMESTAMP = DateTime(timezone=True)
-_INFINITY = cast(literal_column("'infinity'"), _TIMESTAMP)
-_MINUS_INFINITY = cast(literal_column("'-infinity'"), _TIMESTAMP)
 
 DATABASE_CLOCK: Select[Any] = select(CLOCK)
 """``:now`` if given, else the database clock: the one reference time of a command."""
