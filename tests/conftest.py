@@ -120,7 +120,9 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     """
     eng = create_async_engine(async_database_url(database_url), pool_size=10)
     async with eng.begin() as conn:
-        await conn.exec_driver_sql("TRUNCATE outbox, outbox_keys RESTART IDENTITY")
+        await conn.exec_driver_sql(
+            "TRUNCATE outbox, outbox_keys, outbox_key_leases RESTART IDENTITY"
+        )
     try:
         yield eng
         assert eng.pool.checkedout() == 0, "a test left a connection checked out"  # type: ignore[attr-defined]

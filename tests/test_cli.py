@@ -82,7 +82,7 @@ def cli(url: str | None, *args: str) -> Ran:
 def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """A connection to the module's database, the outbox table emptied first."""
     with psycopg.connect(libpq_dsn(database_url), autocommit=True) as conn:
-        conn.execute("TRUNCATE outbox, outbox_keys RESTART IDENTITY")
+        conn.execute("TRUNCATE outbox, outbox_keys, outbox_key_leases RESTART IDENTITY")
         yield conn
 
 
@@ -192,9 +192,9 @@ def test_no_outbox_table_exits_4_until_migrate_creates_it(empty_database: str) -
     assert ran.err.startswith("outbox: no outbox table in postgresql://")
     assert ran.err.endswith(": run `outbox migrate` first\n")
 
-    assert cli(empty_database, "migrate") == Ran(0, "migrated: outbox_0006 (head)\n", "")
+    assert cli(empty_database, "migrate") == Ran(0, "migrated: outbox_0007 (head)\n", "")
     assert cli(empty_database, "migrate", "--documents") == Ran(
-        0, "migrated: documents_0004 (head), outbox_0006 (head)\n", ""
+        0, "migrated: documents_0004 (head), outbox_0007 (head)\n", ""
     )
     with psycopg.connect(libpq_dsn(empty_database)) as conn:
         tables = {
@@ -205,6 +205,7 @@ def test_no_outbox_table_exits_4_until_migrate_creates_it(empty_database: str) -
         "outbox",
         "outbox_audit",
         "outbox_keys",
+        "outbox_key_leases",
         "outbox_alembic_version",
         "documents",
         "document_chunks",

@@ -1,9 +1,10 @@
-"""Claims while vacuum cannot keep up: the walk frontier, the keys' floors, migration 0006.
+"""Claims while vacuum cannot keep up: the walk frontier, the keys' floors and lease log,
+migrations 0006 and 0007.
 
 A snapshot held open (``pg_dump``, a long report) keeps every row version newer than it,
 and their index entries, until it ends. These tests hold one for real and check what a
 claim reads (shared buffers, from ``EXPLAIN (ANALYZE, BUFFERS)``), which claim what, and
-that migration ``outbox_0006`` runs and rolls back beside rows in flight.
+that migrations ``outbox_0006`` and ``outbox_0007`` run and roll back beside rows in flight.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from outbox import NewMessage, async_database_url, enqueue_many
 from outbox.primitives.errors import InvalidArgumentError
 from outbox.primitives.messages import ClaimedMessage
-from outbox.storage.claims import claim_batch, claim_statement, mark_published, release
+from outbox.storage.claims import (
+    claim_batch,
+    claim_statement,
+    mark_published,
+    release,
+    tidy_keys,
+)
 from outbox.storage.frontier import ClaimFrontier
 from outbox.storage.migrate import downgrade, upgrade
 from tests.conftest import query
@@ -40,7 +47,7 @@ class FakeClock:
 @pytest.fixture
 async def clean(engine: AsyncEngine) -> AsyncEngine:
     async with engine.begin() as conn:
-        await conn.exec_driver_sql("TRUNCATE outbox, outbox_keys")
+        await conn.exec_driver_sql("TRUNCATE outbox, outbox_keys, outbox_key_leases")
     return engine
 
 
@@ -81,11 +88,14 @@ async def deliver_all(engine: AsyncEngine, frontier: ClaimFrontier, ordered: boo
 
 
 WALKED_INDEXES = {"ix_outbox_claimable", "ix_outbox_key_order"}
+KEY_TABLES = {"outbox_keys", "outbox_key_leases"}
+READS = {"Index Scan", "Index Only Scan", "Bitmap Heap Scan", "Seq Scan"}
 
 
 async def walked(engine: AsyncEngine, ordered: bool, frontier: ClaimFrontier | None) -> int:
     """Shared buffers one 100-row claim reads in the indexes it walks (the claim index, the
-    keys' order) and the rows they lead to (run, then rolled back)."""
+    keys' order) and the rows they lead to, and in the keys' tables (their leases, their
+    holds), which every claim reads once per key (run, then rolled back)."""
     statement, values = claim_statement(
         limit=100,
         lock_seconds=30,
@@ -107,7 +117,9 @@ async def walked(engine: AsyncEngine, ordered: bool, frontier: ClaimFrontier | N
 
 def _walked(node: dict[str, Any]) -> int:
     own = 0
-    if node.get("Index Name") in WALKED_INDEXES:
+    if node.get("Index Name") in WALKED_INDEXES or (
+        node.get("Relation Name") in KEY_TABLES and node["Node Type"] in READS
+    ):
         own = int(node["Shared Hit Blocks"]) + int(node.get("Shared Read Blocks", 0))
     return own + sum(_walked(child) for child in node.get("Plans", []))
 
@@ -213,7 +225,9 @@ async def test_the_keys_floors_follow_their_batches(clean: AsyncEngine) -> None:
 
 async def floors(engine: AsyncEngine) -> tuple[int, int]:
     async with engine.connect() as conn:
-        result = await conn.exec_driver_sql("SELECT floor_seq, floor_id FROM outbox_keys")
+        result = await conn.exec_driver_sql(
+            "SELECT floor_seq, floor_id FROM outbox_key_leases WHERE NOT superseded"
+        )
         ((floor_seq, floor_id),) = result.all()
     return int(floor_seq), int(floor_id)
 
@@ -317,3 +331,63 @@ def test_migration_0006_runs_up_and_down_beside_rows_in_flight(empty_database: s
         empty_database, "SELECT reloptions FROM pg_class WHERE relname = 'outbox'"
     )
     assert "autovacuum_vacuum_scale_factor=0.01" in list(options)  # type: ignore[arg-type]
+
+
+def test_migration_0007_runs_beside_an_older_workers_batch_which_new_claims_respect(
+    empty_database: str,
+) -> None:
+    """From 0006 with a producer's transaction open and an older worker's batch in flight
+    (its lease in ``outbox_keys``): up, down and up again do not wait for the producer. A
+    claim of this version then leaves the key alone while that batch is in flight (its
+    first row is), takes the key's next rows in order once it is acknowledged, and
+    housekeeping deletes the older worker's key row."""
+    upgrade(empty_database, "outbox_0006")
+
+    async def scenario() -> None:
+        engine = create_async_engine(async_database_url(empty_database))
+        try:
+            async with engine.begin() as conn:
+                ids = await enqueue_many(
+                    conn, [NewMessage("chat.message", {"n": n}, key="room") for n in range(4)]
+                )
+            async with engine.begin() as conn:  # an older worker's lease, by hand
+                await conn.exec_driver_sql(
+                    "UPDATE outbox SET status = 'in_progress', seq = nextval('outbox_seq'),"
+                    " locked_by = 'old', locked_until = now() + interval '1 minute',"
+                    " lease_token = gen_random_uuid(), attempts = 1 WHERE id = ANY($1)",
+                    (ids[:2],),
+                )
+                await conn.exec_driver_sql(
+                    "INSERT INTO outbox_keys (key, inflight, locked_until, lease_no)"
+                    " VALUES ('room', 2, now() + interval '1 minute', nextval('outbox_seq'))"
+                )
+            async with engine.connect() as producer:
+                await enqueue_many(producer, [NewMessage("chat.message", {}, key="room")])
+                with anyio.fail_after(30):
+                    await anyio.to_thread.run_sync(upgrade, empty_database)
+                    await anyio.to_thread.run_sync(downgrade, empty_database, "outbox_0006")
+                    await anyio.to_thread.run_sync(upgrade, empty_database)
+                await producer.commit()
+
+            def claim() -> Any:
+                return claim_batch(engine, limit=10, lock_seconds=30, worker_id="new", ordered=True)
+
+            assert await claim() == []  # the older worker's batch is in flight
+            async with engine.begin() as conn:  # which it acknowledges
+                await conn.exec_driver_sql(
+                    "UPDATE outbox SET status = 'published', published_at = now(),"
+                    " locked_by = NULL, locked_until = NULL, lease_token = NULL"
+                    " WHERE id = ANY($1)",
+                    (ids[:2],),
+                )
+            claimed = await claim()
+            assert [m.id for m in claimed] == [*ids[2:], ids[-1] + 1]
+            seqs = [m.seq for m in claimed]
+            assert seqs == sorted(seqs)
+            assert await tidy_keys(engine, idle_seconds=60) == 1  # the older worker's row
+        finally:
+            await engine.dispose()
+
+    anyio.run(scenario)
+    assert query(empty_database, "SELECT count(*) FROM outbox_keys") == [(0,)]
+    assert query(empty_database, "SELECT key, after_lease FROM outbox_key_leases") == [("room", 0)]

@@ -132,7 +132,7 @@ def test_a_host_project_made_by_alembic_init_follows_the_docs(
         done = _alembic(host, *upgrade)
         assert done.returncode == 0, done.stderr
         assert _tables(empty_database) >= {"outbox", "alembic_version"}
-        assert _heads(empty_database) == {"outbox_0006"}
+        assert _heads(empty_database) == {"outbox_0007"}
 
         # The trap: a plain revision while the outbox is the only head would land
         # in the package's folder (site-packages in a wheel install). Refused, nothing written.
@@ -163,7 +163,7 @@ def test_a_host_project_made_by_alembic_init_follows_the_docs(
         done = _alembic(host, *downgrade)
         assert done.returncode == 0, done.stderr
         assert "notes" not in _tables(empty_database)
-        assert _heads(empty_database) == {"outbox_0006"}  # the outbox branch left alone
+        assert _heads(empty_database) == {"outbox_0007"}  # the outbox branch left alone
         assert {"outbox", "outbox_audit"} <= _tables(empty_database)
     finally:
         strays = _shipped() - shipped

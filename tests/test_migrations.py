@@ -23,6 +23,7 @@ from tests.conftest import query
 from workers.document_schema import documents_metadata
 
 REPO = Path(__file__).resolve().parent.parent
+OUTBOX_TABLES = {"outbox", "outbox_audit", "outbox_keys", "outbox_key_leases", VERSION_TABLE}
 
 
 def names(url: str, sql: str) -> set[str]:
@@ -39,7 +40,7 @@ def indexes(url: str) -> set[str]:
 
 def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
     upgrade(empty_database)
-    assert tables(empty_database) == {"outbox", "outbox_audit", "outbox_keys", VERSION_TABLE}
+    assert tables(empty_database) == OUTBOX_TABLES
     assert indexes(empty_database) == {
         "outbox_pkey",
         "ix_outbox_claimable",
@@ -53,7 +54,7 @@ def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
     downgrade(empty_database)
     assert tables(empty_database) == {VERSION_TABLE}
     upgrade(empty_database)
-    assert tables(empty_database) == {"outbox", "outbox_audit", "outbox_keys", VERSION_TABLE}
+    assert tables(empty_database) == OUTBOX_TABLES
 
 
 def test_upgrading_to_dead_at_stamps_the_dead_rows_already_there(empty_database: str) -> None:
@@ -100,7 +101,7 @@ def test_migrations_run_inside_a_transaction_the_caller_began(empty_database: st
         engine.dispose()
     assert "ix_outbox_dead_at" in indexes(empty_database)
     assert names(empty_database, "SELECT version_num FROM outbox_alembic_version") == {
-        "outbox_0006"
+        "outbox_0007"
     }
 
 
@@ -198,37 +199,39 @@ def test_standalone_alembic_cli_uses_plain_database_url(empty_database: str) -> 
         return done
 
     run("upgrade", "outbox@head")
-    assert tables(empty_database) == {"outbox", "outbox_audit", "outbox_keys", VERSION_TABLE}
+    assert tables(empty_database) == OUTBOX_TABLES
     run("upgrade", "heads")
     assert tables(empty_database) == {
         "outbox",
         "outbox_audit",
         "outbox_keys",
+        "outbox_key_leases",
         "documents",
         "document_chunks",
         VERSION_TABLE,
     }
     current = run("current").stdout
-    assert "outbox_0006 (head)" in current and "documents_0004 (head)" in current
+    assert "outbox_0007 (head)" in current and "documents_0004 (head)" in current
     run("downgrade", "documents@base")
-    assert tables(empty_database) == {"outbox", "outbox_audit", "outbox_keys", VERSION_TABLE}
+    assert tables(empty_database) == OUTBOX_TABLES
 
 
 def test_the_documents_branch_runs_only_when_asked_for(empty_database: str) -> None:
     upgrade(empty_database)
-    assert tables(empty_database) == {"outbox", "outbox_audit", "outbox_keys", VERSION_TABLE}
+    assert tables(empty_database) == OUTBOX_TABLES
     upgrade(empty_database, documents=True)
     assert tables(empty_database) == {
         "outbox",
         "outbox_audit",
         "outbox_keys",
+        "outbox_key_leases",
         "documents",
         "document_chunks",
         VERSION_TABLE,
     }
     upgrade(empty_database)  # a deploy step that migrates the outbox still works
     downgrade(empty_database, "documents@base")
-    assert tables(empty_database) == {"outbox", "outbox_audit", "outbox_keys", VERSION_TABLE}
+    assert tables(empty_database) == OUTBOX_TABLES
     upgrade(empty_database, documents=True)
     downgrade(empty_database)
     assert tables(empty_database) == {VERSION_TABLE}

@@ -66,10 +66,47 @@ def ids(messages: list[ClaimedMessage]) -> list[int]:
 
 
 async def key_rows(engine: AsyncEngine) -> dict[str, tuple[int, int | None]]:
-    """key -> (inflight, held_by)."""
+    """key -> (rows of an ordered batch in flight, held_by), for the keys with rows in
+    flight or a row in ``outbox_keys``."""
     async with engine.connect() as conn:
-        rows = await conn.execute(text("SELECT key, inflight, held_by FROM outbox_keys"))
+        rows = await conn.execute(
+            text(
+                "SELECT key, count(o.id) AS inflight, max(k.held_by) AS held_by"
+                " FROM (SELECT id, key FROM outbox WHERE status = 'in_progress'"
+                "       AND seq IS NOT NULL) o"
+                " FULL JOIN outbox_keys k USING (key) GROUP BY key"
+            )
+        )
         return {row.key: (row.inflight, row.held_by) for row in rows}
+
+
+async def leases(engine: AsyncEngine) -> dict[str, list[tuple[int, bool]]]:
+    """key -> its leases ``(after_lease, superseded)``, oldest first."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT key, after_lease, superseded FROM outbox_key_leases"
+                " ORDER BY key, after_lease"
+            )
+        )
+        found: dict[str, list[tuple[int, bool]]] = {}
+        for row in rows:
+            found.setdefault(row.key, []).append((row.after_lease, row.superseded))
+        return found
+
+
+async def lease_no(engine: AsyncEngine, key: str) -> int:
+    """The number of ``key``'s latest lease."""
+    async with engine.connect() as conn:
+        number = await conn.scalar(
+            text(
+                "SELECT lease_no FROM outbox_key_leases WHERE key = :key"
+                " ORDER BY after_lease DESC LIMIT 1"
+            ),
+            {"key": key},
+        )
+    assert isinstance(number, int)
+    return number
 
 
 async def test_positions_follow_commit_order_and_an_open_transaction_holds_nothing_back(
@@ -108,7 +145,7 @@ async def test_one_batch_per_key_in_flight_until_every_row_is_acknowledged(
     assert (await mark_published(engine, [batch[0]], worker_id="w1")).ok
     assert await claim(engine, "w3") == []  # two of R's rows are still in flight
     assert (await mark_published(engine, batch[1:], worker_id="w1")).ok
-    assert (await key_rows(engine))["R"] == (0, None)
+    assert "R" not in await key_rows(engine)
 
     rest = await claim(engine, "w3")
     assert ids(rest) == [r4]
@@ -142,7 +179,7 @@ async def test_unkeyed_rows_are_claimed_as_before_beside_keyed_ones(engine: Asyn
     (c,) = await add(engine, "T")
     (unordered,) = await claim_batch(engine, limit=10, lock_seconds=30, worker_id="w2")
     assert (unordered.id, unordered.seq) == (c, None)
-    assert "T" not in await key_rows(engine)
+    assert "T" not in await leases(engine)
 
 
 async def test_a_retry_waiting_at_the_head_holds_back_only_its_key(engine: AsyncEngine) -> None:
@@ -186,6 +223,8 @@ async def test_a_held_key_waits_behind_its_dead_head_until_it_is_retried(
 
     await retry_dead(engine, DeadFilter(ids=(r1,)))
     assert await key_rows(engine) == {"R": (0, None)}
+    assert await tidy_keys(engine, idle_seconds=5) == 1  # the released hold's row
+    assert await key_rows(engine) == {}
     resumed = await claim(engine)
     # Nothing after the held head was delivered: both keep their positions, in order.
     assert [(m.id, m.seq) for m in resumed] == [(r1, head.seq), (r2, second.seq)]
@@ -209,23 +248,118 @@ async def test_a_reaped_batch_keeps_its_positions_and_frees_its_key(engine: Asyn
     crashed = await claim_batch(engine, limit=10, lock_seconds=1, worker_id="w1", ordered=True)
     reaped = await reap_expired_locks(engine, now=_in(seconds=10))
     assert reaped.requeued == frozenset(ids(crashed))
-    assert await key_rows(engine) == {"R": (0, None)}
+    assert await key_rows(engine) == {}
     again = await claim(engine, "w2", now=_in(seconds=10))
     assert [(m.id, m.seq) for m in again] == [(m.id, m.seq) for m in crashed]
 
 
-async def test_tidy_deletes_idle_free_keys_and_repairs_a_lease_without_rows(
+async def test_tidy_deletes_old_superseded_leases_then_a_keys_last_one(
     engine: AsyncEngine,
 ) -> None:
-    await add(engine, "idle", "stuck")
-    batch = await claim(engine) + await claim(engine)
-    await mark_published(engine, [m for m in batch if m.key == "idle"], worker_id="w1")
-    async with engine.begin() as conn:  # a leased row changed by hand
-        await conn.execute(text("UPDATE outbox SET status = 'published' WHERE key = 'stuck'"))
-    assert await tidy_keys(engine, idle_seconds=5) == 0  # nothing idle yet
-    # "stuck" freed (1), then both free keys deleted (2).
-    assert await tidy_keys(engine, idle_seconds=5, now=_in(minutes=5)) == 3
-    assert await key_rows(engine) == {}
+    await add(engine, "R", "idle")
+    first = await claim(engine)
+    await mark_published(engine, first, worker_id="w1")
+    first_lease = await lease_no(engine, "R")
+    await add(engine, "R")
+    second = await claim(engine)
+    await mark_published(engine, second, worker_id="w1")
+    assert await leases(engine) == {"R": [(0, True), (first_lease, False)], "idle": [(0, False)]}
+
+    assert await tidy_keys(engine, idle_seconds=5) == 0  # nothing old enough yet
+    # R's superseded lease and idle's only one; R's last one is its only one afterwards.
+    assert await tidy_keys(engine, idle_seconds=5, now=_in(minutes=5)) == 2
+    assert await leases(engine) == {"R": [(first_lease, False)]}
+    assert await tidy_keys(engine, idle_seconds=5, now=_in(minutes=5)) == 1
+    assert await leases(engine) == {}
+
+    # A key without leases is read from its first entry: its order goes on.
+    (r3,) = await add(engine, "R")
+    (third,) = await claim(engine)
+    assert third.id == r3
+    assert third.seq is not None and second[0].seq is not None and third.seq > second[0].seq
+
+
+async def _wait_until_a_session_waits_for_a_lock(engine: AsyncEngine) -> None:
+    with anyio.fail_after(10):
+        while True:
+            async with engine.connect() as conn:
+                waiting = await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database()"
+                    )
+                )
+            if waiting:
+                return
+            await anyio.sleep(0.02)
+
+
+async def test_a_claim_leaves_a_key_alone_when_its_lease_was_superseded_since_its_snapshot(
+    engine: AsyncEngine,
+) -> None:
+    """The claim saw lease L as R's latest; another lease supersedes L before the claim's
+    update of L gets the row: the claim takes nothing of R (the other lease's rows may be
+    ones its snapshot cannot see), and S goes as usual."""
+    await add(engine, "R")
+    (first,) = await claim(engine)
+    await mark_published(engine, [first], worker_id="w1")
+    r2, s1 = await add(engine, "R", "S")
+    seen = await lease_no(engine, "R")
+    async with engine.connect() as other:
+        await other.begin()
+        await other.execute(text("SELECT 1 FROM outbox_key_leases WHERE key = 'R' FOR UPDATE"))
+        async with anyio.create_task_group() as tasks:
+            results: list[list[ClaimedMessage]] = []
+
+            async def claimer() -> None:
+                results.append(await claim(engine, "w2"))
+
+            tasks.start_soon(claimer)
+            await _wait_until_a_session_waits_for_a_lock(engine)
+            await other.execute(text("UPDATE outbox_key_leases SET superseded = true"))
+            await other.execute(
+                text(
+                    "INSERT INTO outbox_key_leases"
+                    " (key, after_lease, lease_no, floor_seq, leased_at)"
+                    " VALUES ('R', :after, nextval('outbox_seq'), 0, now())"
+                ),
+                {"after": seen},
+            )
+            await other.commit()
+    assert ids(results[0]) == [s1]
+    async with engine.connect() as conn:
+        status = await conn.scalar(text("SELECT status FROM outbox WHERE id = :id"), {"id": r2})
+    assert status == "pending"
+    assert (await leases(engine))["R"] == [(0, True), (seen, False)]
+
+
+async def test_two_claims_that_saw_no_lease_collide_on_the_keys_first(
+    engine: AsyncEngine,
+) -> None:
+    """A first lease of R, not yet committed when the claim took its snapshot: the claim's
+    own first lease waits for it, collides with it, and takes nothing of R."""
+    r1, s1 = await add(engine, "R", "S")
+    async with engine.connect() as other:
+        await other.begin()
+        await other.execute(
+            text(
+                "INSERT INTO outbox_key_leases (key, after_lease, lease_no, floor_seq, leased_at)"
+                " VALUES ('R', 0, nextval('outbox_seq'), 0, now())"
+            )
+        )
+        async with anyio.create_task_group() as tasks:
+            results: list[list[ClaimedMessage]] = []
+
+            async def claimer() -> None:
+                results.append(await claim(engine, "w2"))
+
+            tasks.start_soon(claimer)
+            await _wait_until_a_session_waits_for_a_lock(engine)
+            await other.commit()
+    assert ids(results[0]) == [s1]
+    async with engine.connect() as conn:
+        status = await conn.scalar(text("SELECT status FROM outbox WHERE id = :id"), {"id": r1})
+    assert status == "pending"
 
 
 async def test_eight_concurrent_claimers_never_hold_one_key_twice(
@@ -375,7 +509,7 @@ async def test_a_held_room_waits_behind_its_dead_head(
     assert [m.id for m in handler.delivered if m.key == "R"] == [r1, r2]
 
 
-@pytest.mark.parametrize("revision", ["outbox_0004", "outbox_0005"])
+@pytest.mark.parametrize("revision", ["outbox_0004", "outbox_0005", "outbox_0006"])
 async def test_an_ordered_worker_on_an_older_schema_stops_at_start_naming_the_migration(
     empty_database: str, revision: str
 ) -> None:
@@ -386,8 +520,8 @@ async def test_an_ordered_worker_on_an_older_schema_stops_at_start_naming_the_mi
     (error,) = raised.value.exceptions
     assert isinstance(error, StartupError), error
     assert (
-        "ORDERING=key needs table outbox_keys with its floors"
-        " (migrations outbox_0005 and outbox_0006)" in str(error)
+        "ORDERING=key needs tables outbox_keys and outbox_key_leases"
+        " (migrations outbox_0005 to outbox_0007)" in str(error)
     )
 
 

@@ -335,7 +335,7 @@ async def test_the_ordered_claim_reads_about_its_batch_whatever_the_keys(
     reads its walk (3 x limit) and its keys' heads, never a key's backlog or every key."""
     one_key = keys == "one-key"
     async with big_engine.begin() as conn:
-        await conn.exec_driver_sql("TRUNCATE outbox, outbox_keys")
+        await conn.exec_driver_sql("TRUNCATE outbox, outbox_keys, outbox_key_leases")
         await conn.exec_driver_sql(
             "INSERT INTO outbox (type, key, payload) SELECT 'message.created',"
             " CASE WHEN $1 THEN 'hot' ELSE 'k' || g END, '{}'"
@@ -363,7 +363,7 @@ async def test_the_ordered_claim_behind_a_leased_keys_backlog_scans_a_bounded_nu
     """50,000 older rows of one leased key, then 50,000 keys of one row: the walk meets only
     the leased key, and the rescue scan probes at most 3 x limit keys."""
     async with big_engine.begin() as conn:
-        await conn.exec_driver_sql("TRUNCATE outbox, outbox_keys")
+        await conn.exec_driver_sql("TRUNCATE outbox, outbox_keys, outbox_key_leases")
         await conn.exec_driver_sql(
             "INSERT INTO outbox (type, key, payload, next_attempt_at)"
             " SELECT 'message.created', CASE WHEN g <= 50000 THEN 'busy' ELSE 'k' || g END, '{}',"

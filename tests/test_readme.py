@@ -70,12 +70,12 @@ def run(example: str, database_url: str) -> str:
 def test_readme_example_runs_on_an_empty_table(
     database_url: str, example: str, expected: str
 ) -> None:
-    admin(database_url, "TRUNCATE outbox, outbox_keys RESTART IDENTITY")
+    admin(database_url, "TRUNCATE outbox, outbox_keys, outbox_key_leases RESTART IDENTITY")
     assert run(example, database_url) == expected
 
 
 def test_worker_loop_delivers_what_the_async_example_enqueued(database_url: str) -> None:
-    admin(database_url, "TRUNCATE outbox, outbox_keys RESTART IDENTITY")
+    admin(database_url, "TRUNCATE outbox, outbox_keys, outbox_key_leases RESTART IDENTITY")
     run(ASYNC, database_url)  # one document row due now, one chat row due in a minute
     run(SYNC, database_url)  # one chat row due now
     output = run(LOOP, database_url)
@@ -88,7 +88,7 @@ def test_the_handler_example_is_a_worker_that_delivers_gives_up_and_stops(
 ) -> None:
     admin(
         database_url,
-        "TRUNCATE outbox, outbox_keys RESTART IDENTITY",
+        "TRUNCATE outbox, outbox_keys, outbox_key_leases RESTART IDENTITY",
         "INSERT INTO outbox (type, payload) VALUES ('message.created', '{\"roomId\": \"r1\"}')",
     )
     run(SYNC, database_url)  # id 2, with a body
@@ -123,7 +123,9 @@ def test_the_handler_example_is_a_worker_that_delivers_gives_up_and_stops(
 
 def test_the_document_example_commits_the_document_with_its_message(database_url: str) -> None:
     admin(
-        database_url, "TRUNCATE outbox, outbox_keys RESTART IDENTITY", "TRUNCATE documents CASCADE"
+        database_url,
+        "TRUNCATE outbox, outbox_keys, outbox_key_leases RESTART IDENTITY",
+        "TRUNCATE documents CASCADE",
     )
     assert run(DOCUMENT, database_url) == "queued 1\n"
     rows = query(

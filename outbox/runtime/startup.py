@@ -66,12 +66,12 @@ async def check_dependencies(db: asyncpg.Pool, settings: WorkerSettings, handler
             raise StartupError(f"{database}: {error_text(exc)} (check DATABASE_URL)") from exc
         if settings.ordered:
             try:
-                await db.fetch("SELECT floor_seq, floor_id FROM outbox_keys LIMIT 0")
+                await db.fetch("SELECT 1 FROM outbox_keys, outbox_key_leases LIMIT 0")
             except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
                 # Not a wait for a migration in progress: an outbox of an older version.
                 raise StartupError(
-                    f"{database}: ORDERING=key needs table outbox_keys with its floors"
-                    " (migrations outbox_0005 and outbox_0006): run the migrations"
+                    f"{database}: ORDERING=key needs tables outbox_keys and outbox_key_leases"
+                    " (migrations outbox_0005 to outbox_0007): run the migrations"
                     " (outbox migrate), or set ORDERING=none"
                 ) from exc
 

@@ -374,12 +374,12 @@ async def tidy_keys(
     limit: int = DEFAULT_REAP_LIMIT,
     now: datetime | None = None,
 ) -> int:
-    """Keys' housekeeping; returns how many key rows it freed or deleted.
+    """Keys' housekeeping; returns how many rows it deleted.
 
-    Frees keys leased more than ``idle_seconds`` ago whose rows are no longer in flight (a
-    leased row changed by hand), then deletes free keys last leased that long ago (a key's
-    row holds no position, so nothing is lost); ``limit`` per statement, as many
-    statements as it takes.
+    Deletes key leases taken more than ``idle_seconds`` ago that are superseded or are
+    their key's only one (a lease holds no position, so nothing is lost; see
+    :data:`~outbox.storage.key_order.PRUNE_LEASES`), and the rows of ``outbox_keys`` that
+    hold no key; ``limit`` per statement, as many statements as it takes.
     """
     _check_limit(limit)
     params = {
@@ -388,7 +388,7 @@ async def tidy_keys(
         "now": checked_now(now),
     }
     done = 0
-    for statement in (key_order.TIDY_KEYS, key_order.DELETE_IDLE_KEYS):
+    for statement in (key_order.PRUNE_LEASES, key_order.DELETE_FREE_KEYS):
         while True:  # a full statement: there may be more
             changed = len(await fetch_all(db, statement, params))
             done += changed

@@ -8,19 +8,19 @@ The contract (docs/ordering.md):
   ``id`` (``ix_outbox_key_order``, where ``NULL`` sorts last). Rows are positioned only
   once committed and seen, so a transaction that commits late takes its place after what
   its key has delivered, and an open transaction holds nothing back.
-* **One batch per key in flight.** A claim leases a key by writing its row in
-  ``outbox_keys`` (``inflight`` = the rows it claimed); every statement that ends one of
-  those rows' leases (published, dead, retried, released, reaped) counts them back down in
-  the same statement, and the key is free at 0. Claimers never wait for one another: a
-  key another claimer is leasing right now is skipped (a transaction-scoped advisory lock
-  on the key, tried without waiting), and a key whose row shows a lease is skipped.
+* **One batch per key in flight.** A key is in flight while its first live row is
+  ``in_progress`` (a batch is a prefix of the key's order, so its rows come first), and a
+  claim takes only keys whose first row can go. Acknowledgements write no key row. The
+  snapshot a claim decides on is guarded by the key's lease log (``outbox_key_leases``,
+  rows written once): the claim supersedes the latest lease it saw and inserts the next
+  one, so a lease written since its snapshot (whose rows it may not see) makes it leave the
+  key alone. Claimers never wait for one another: a key another claimer is leasing right
+  now is skipped (a transaction-scoped advisory lock on the key, tried without waiting).
 * **A key's batch is a prefix of its order.** The claim reads the key's live rows in order
   and takes them while each is pending, due and of a wanted type; it stops at the first
   that is not (a retry waiting for its time holds its key back). The rows are re-read
   under their row locks, so a decision made on the statement's snapshot is checked
-  against the latest versions: a row that changed since stops the batch there. And a key
-  is leased only if its ``lease_no`` is the one the snapshot saw: a lease that came and
-  went while the statement ran may have positioned rows this snapshot cannot see.
+  against the latest versions: a row that changed since stops the batch there.
 
 * **Floors.** Each lease also records where the key's live rows start (``floor_seq``: its
   batch's first position; ``floor_id``: past the unpositioned rows it took), and claims read
@@ -28,8 +28,8 @@ The contract (docs/ordering.md):
   stay until vacuum removes them (for as long as a snapshot older than them is held).
 
 All of it is one statement per claim and per acknowledgement; its cost per claimed row
-depends on neither a key's backlog nor the number of keys, and, but for the versions of
-the keys' lease rows, not on what was delivered since the last vacuum.
+depends on neither a key's backlog, nor the number of keys, nor what was delivered or leased
+since the last vacuum: no row a claim looks up is ever rewritten more than once.
 """
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ from sqlalchemy import (
     false,
     func,
     literal,
-    literal_column,
     null,
     or_,
     select,
     true,
+    tuple_,
     type_coerce,
     union_all,
     update,
@@ -67,23 +67,30 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.sql.dml import Update
 
 from outbox.storage import statements as sql
-from outbox.storage.schema import KEYS_TABLE_NAME, POSITION_SEQUENCE, keys_table, outbox_table
+from outbox.storage.schema import (
+    KEYS_TABLE_NAME,
+    POSITION_SEQUENCE,
+    keys_table,
+    leases_table,
+    outbox_table,
+)
 
 __all__ = [
-    "DELETE_IDLE_KEYS",
+    "DELETE_FREE_KEYS",
     "EXTEND_LEASE",
     "KEY_COUNTS",
     "MARK_DEAD",
     "MARK_PUBLISHED",
+    "PRUNE_LEASES",
     "REAP",
     "RELEASE",
     "RESCHEDULE",
-    "TIDY_KEYS",
     "ordered_claim",
 ]
 
 col = outbox_table.c
 keys = keys_table.c
+leases = leases_table.c
 
 KEY_LOCK_CLASS = zlib.crc32(KEYS_TABLE_NAME.encode()) & 0x7FFFFFFF
 """The first half of the advisory lock a claim tries on a key it is about to lease (the
@@ -102,18 +109,19 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
     1. ``pool``: the oldest claimable rows (:func:`~outbox.storage.statements.claimable_pool`);
     2. rows without a key are claimed as the unordered claim does (locked, skipping rows
        other claimers hold);
-    3. the keys of the others without a lease or a hold, oldest first, up to ``:limit``,
-       and of those the keys whose first row can go now; with fewer than ``:limit`` of
-       them but more of their rows in sight than ``:limit`` (a few keys with backlogs),
-       half (at least one), so that the other workers get the rest; of those, the keys no
-       other claimer is leasing right now;
+    3. the keys of the others not held behind a dead row, oldest first, up to ``:limit``,
+       and of those the keys whose first row can go now (not in flight, due, wanted); with
+       fewer than ``:limit`` of them but more of their rows in sight than ``:limit`` (a few
+       keys with backlogs), half (at least one), so that the other workers get the rest; of
+       those, the keys no other claimer is leasing right now;
     4. per key, its live rows in order, read from the key's floors (:func:`_in_key_order`
        on ``ix_outbox_key_order``, at most as many as the key has in the pool), locked, and
        kept while each is pending, due and wanted;
     5. ``:limit`` of all, round by round (each key's first row, oldest key first, with the
-       rows without a key; then each key's second row...); the keys' leases written
-       (``ON CONFLICT``: a key leased meanwhile is not taken), positions given in each
-       key's order, the rows leased.
+       rows without a key; then each key's second row...); each key's lease written (the
+       latest lease the snapshot saw superseded and the next one inserted: a key leased
+       since the snapshot is not taken), positions given in each key's order, the rows
+       leased.
 
     Returns :func:`~outbox.storage.statements.with_frontier` rows.
     """
@@ -132,8 +140,8 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
         .group_by(pool.c.key)
         .subquery("keyed")
     )
-    # One probe of the key's lease row: whether it is free, its lease number, its floors.
-    lease = _lease_row(keyed.c.key)
+    # One probe of the key's latest lease: its number and its floors.
+    lease = _latest_lease(keyed.c.key)
     floor_seq = func.coalesce(lease.c.floor_seq, 0)
     # The unpositioned rows from the floor, or from the key's first row in the pool if that
     # is older (a row that committed after the last lease).
@@ -143,11 +151,12 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
             keyed,
             _head_can_go(keyed.c.key, floor_seq, floor_id, claimable).label("ready"),
             lease.c.lease_no.label("lease_seen"),
+            lease.c.after_lease.label("after_seen"),
             floor_seq.label("floor_seq"),
             floor_id.label("floor_id"),
         )
         .select_from(keyed.outerjoin(lease, true()))
-        .where(func.coalesce(lease.c.inflight, 0) == 0, lease.c.held_by.is_(None))
+        .where(~_held(keyed.c.key))
         .order_by(keyed.c.since, keyed.c.first_id)
         .limit(_limit())
         .cte("pool_keys")
@@ -167,16 +176,17 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
     scanned = _key_scan(stuck)
     # Only keys that can go now count towards the :limit the scan stops at, so the scan
     # reads past blocked keys (up to its bound) instead of stopping at them.
-    rescue_lease = _lease_row(scanned.c.key)
+    rescue_lease = _latest_lease(scanned.c.key)
     floored = (
         select(
             scanned.c.key,
             func.coalesce(rescue_lease.c.floor_seq, 0).label("floor_seq"),
             func.coalesce(rescue_lease.c.floor_id, 0).label("floor_id"),
             rescue_lease.c.lease_no,
+            rescue_lease.c.after_lease,
         )
         .select_from(scanned.outerjoin(rescue_lease, true()))
-        .where(func.coalesce(rescue_lease.c.inflight, 0) == 0, rescue_lease.c.held_by.is_(None))
+        .where(~_held(scanned.c.key))
         .subquery("floored")
     )
     rescued_keys = (
@@ -197,6 +207,7 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
         share.label("seen"),
         true().label("ready"),
         rescued_keys.c.lease_no.label("lease_seen"),
+        rescued_keys.c.after_lease.label("after_seen"),
         rescued_keys.c.floor_seq,
         rescued_keys.c.floor_id,
     ).subquery("rescued")
@@ -208,6 +219,7 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
             key_candidates.c.first_id,
             key_candidates.c.seen,
             key_candidates.c.lease_seen,
+            key_candidates.c.after_seen,
             key_candidates.c.floor_seq,
             key_candidates.c.floor_id,
             func.row_number()
@@ -238,6 +250,7 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
             ready.c.first_id,
             ready.c.seen,
             ready.c.lease_seen,
+            ready.c.after_seen,
             ready.c.floor_seq,
             ready.c.floor_id,
         )
@@ -328,7 +341,6 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
     numbered = (
         select(
             picked.c.key,
-            func.count().label("rows"),
             POSITION_SEQUENCE.next_value().label("lease_no"),
             func.min(picked.c.seq).label("first_seq"),
             func.max(picked.c.id).filter(picked.c.seq.is_(None)).label("last_new_id"),
@@ -339,47 +351,54 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
         .cte("numbered")
         .prefix_with("MATERIALIZED")
     )
-    new_leases = select(
-        numbered.c.key,
-        numbered.c.rows,
-        lease_until,
-        numbered.c.lease_no,
-        func.coalesce(numbered.c.first_seq, numbered.c.lease_no),
-        numbered.c.last_new_id + 1,
-    ).order_by(numbered.c.key)
-    upsert = insert(keys_table).from_select(
-        ["key", "inflight", "locked_until", "lease_no", "floor_seq", "floor_id"], new_leases
-    )
-    # literal_column: "excluded" must stay the proposed row, not become a FROM of its own.
-    proposed_key = literal_column("excluded.key", Text)
-    lease_seen = select(grabbed.c.lease_seen).where(grabbed.c.key == proposed_key).scalar_subquery()
-    leases = (
-        upsert.on_conflict_do_update(
-            index_elements=[keys.key],
-            set_={
-                "inflight": upsert.excluded.inflight,
-                "locked_until": upsert.excluded.locked_until,
-                "lease_no": upsert.excluded.lease_no,
-                "floor_seq": upsert.excluded.floor_seq,
-                "floor_id": func.coalesce(upsert.excluded.floor_id, keys.floor_id),
-            },
-            # Free now, and not leased since this statement's snapshot: a lease that came
-            # and went meanwhile may have positioned rows this snapshot cannot see.
-            where=and_(
-                keys.inflight == 0,
-                keys.held_by.is_(None),
-                keys.lease_no.is_not_distinct_from(lease_seen),
-            ),
+    # The latest lease each key had on the snapshot, superseded under its row lock: one
+    # superseded (or deleted) since is not updated, and its key is not taken.
+    superseded = (
+        update(leases_table)
+        .where(
+            leases.key == grabbed.c.key,
+            leases.after_lease == grabbed.c.after_seen,
+            ~leases.superseded,
+            grabbed.c.key == func.any(func.array(select(numbered.c.key).scalar_subquery())),
         )
-        .returning(keys.key)
-        .cte("leases")
+        .values(superseded=True)
+        .returning(leases.key)
+        .cte("superseded")
+    )
+    new_leases = (
+        select(
+            numbered.c.key,
+            func.coalesce(grabbed.c.lease_seen, 0),
+            numbered.c.lease_no,
+            func.coalesce(numbered.c.first_seq, numbered.c.lease_no),
+            func.coalesce(numbered.c.last_new_id + 1, grabbed.c.floor_id),
+            sql.CLOCK,
+        )
+        .select_from(numbered.join(grabbed, grabbed.c.key == numbered.c.key))
+        .where(
+            or_(
+                # A key's first lease: claims that both saw none collide on (key, 0).
+                grabbed.c.lease_seen.is_(None),
+                numbered.c.key == func.any(func.array(select(superseded.c.key).scalar_subquery())),
+            )
+        )
+        .order_by(numbered.c.key)
+    )
+    leased = (
+        insert(leases_table)
+        .from_select(
+            ["key", "after_lease", "lease_no", "floor_seq", "floor_id", "leased_at"], new_leases
+        )
+        .on_conflict_do_nothing(index_elements=[leases.key, leases.after_lease])
+        .returning(leases.key)
+        .cte("leased")
     )
     # Positions in each key's order: nextval() runs in the order of this ordered subquery.
     granted = (
         select(picked.c.id, picked.c.seq)
         # One array of the leased keys, read once (as "IN (subquery)" the planner may make it
         # a nested loop over the leases per row).
-        .where(picked.c.key == func.any(func.array(select(leases.c.key).scalar_subquery())))
+        .where(picked.c.key == func.any(func.array(select(leased.c.key).scalar_subquery())))
         .order_by(picked.c.key, picked.c.ord)
         .subquery("granted")
     )
@@ -452,23 +471,23 @@ def _head_can_go(key: Any, floor_seq: Any, floor_id: Any, claimable: tuple[Any, 
     return func.coalesce(select(head.c.can_go).scalar_subquery(), false())
 
 
-def _lease_row(key: Any) -> Any:
-    """``key``'s lease row as the snapshot sees it, as a LATERAL subquery (no row: none).
-
-    Every lease and acknowledgement rewrites the row, and while a snapshot is held none of
-    its old versions can be removed. A probe per key keeps the cost to that key's versions:
-    a bitmap probe reads each of the key's table pages once; an index walk of the range
-    ``[key, key]`` in descending order is a backward scan of the primary key (whose entries
-    of one key follow their place in the table), so it meets the latest version, the
-    visible one, first. (Joining the table whole read every version of every key.)
-    """
+def _latest_lease(key: Any) -> Any:
+    """``key``'s latest lease on the snapshot, as a LATERAL subquery (no row: never leased, or
+    not for ``LOCK_SECONDS``): a backward scan of ``outbox_key_leases``' primary key, which
+    meets the newest entries first and stops at the first visible one, however many older
+    leases a held snapshot keeps from vacuum."""
     return (
-        select(keys.lease_no, keys.inflight, keys.held_by, keys.floor_seq, keys.floor_id)
-        .where(keys.key >= key, keys.key <= key)
-        .order_by(keys.key.desc())
+        select(leases.after_lease, leases.lease_no, leases.floor_seq, leases.floor_id)
+        .where(leases.key == key)
+        .order_by(leases.after_lease.desc())
         .limit(1)
         .lateral("lease")
     )
+
+
+def _held(key: Any) -> Any:
+    """Whether ``key`` waits behind a dead head (one probe of ``outbox_keys``)."""
+    return select(literal(1)).where(keys.key == key, keys.held_by.isnot(None)).exists()
 
 
 def _next_key(after: Any) -> Any:
@@ -514,97 +533,112 @@ def _key_scan(when: Any) -> Any:
     return select(scan.c.key).where(~and_(scan.c.wrapped, scan.c.key >= start)).subquery("scanned")
 
 
-# -- ending leases: every statement that ends a row's lease counts its key back down ---------
+# -- ending leases: a row that goes dead may hold its key ----------------------------------
 
 
-def releasing_keys(ends_leases: Update, *returned: str) -> Select[Any]:
-    """``ends_leases`` (returning :data:`~outbox.storage.statements.CHANGED_COLUMNS`) with
-    its keys' leases counted down in the same statement; returns the ``returned`` columns.
+def _returning(ends_leases: Update, *returned: str) -> Select[Any]:
+    """``ends_leases`` (returning :data:`~outbox.storage.statements.CHANGED_COLUMNS`),
+    returning only the ``returned`` columns."""
+    changed = ends_leases.cte("changed")
+    return select(*(changed.c[name] for name in returned))
 
-    Only positioned rows count (an ordered claim leased their key). ``:hold_dead`` (default
-    false): a key whose row went ``dead`` here stays held behind it (``held_by``) until that
-    row is retried or purged (triggers of migration ``outbox_0005``). The count is an
-    ``UPDATE`` of the key's row, so concurrent acknowledgements of one key's rows serialize
-    on it and never lose a decrement.
-    """
+
+def holding_keys(ends_leases: Update, *returned: str) -> Select[Any]:
+    """``ends_leases`` (returning :data:`~outbox.storage.statements.CHANGED_COLUMNS`), with,
+    when ``:hold_dead`` (default false), each key whose positioned row went ``dead`` here
+    held behind it (``outbox_keys.held_by``: the first such row in the key's order) until
+    that row is retried or purged (triggers of migration ``outbox_0005``); returns the
+    ``returned`` columns. Nothing else about a key is written when its rows' leases end."""
     changed = ends_leases.cte("changed")
     hold = bindparam("hold_dead", value=False, type_=Boolean)
-    per_key = (
+    dead_heads = (
         select(
             changed.c.key,
-            func.count().label("ended"),
-            # The first in the key's order of the rows that went dead here.
             type_coerce(
-                func.array_agg(aggregate_order_by(changed.c.id, changed.c.seq)).filter(
-                    and_(changed.c.status == sql.DEAD, hold)
-                ),
-                ARRAY(BigInteger),
+                func.array_agg(aggregate_order_by(changed.c.id, changed.c.seq)), ARRAY(BigInteger)
             )[1].label("dead_head"),
         )
-        .where(changed.c.key.isnot(None), changed.c.seq.isnot(None))
+        .where(
+            hold, changed.c.status == sql.DEAD, changed.c.key.isnot(None), changed.c.seq.isnot(None)
+        )
         .group_by(changed.c.key)
-        .cte("per_key")
+        .order_by(changed.c.key)
     )
-    counted_down = (
-        update(keys_table)
-        .where(keys.key == per_key.c.key)
-        .values(
-            inflight=func.greatest(keys.inflight - per_key.c.ended, 0),
-            held_by=func.coalesce(keys.held_by, per_key.c.dead_head),
+    upsert = insert(keys_table).from_select(["key", "held_by"], dead_heads)
+    held = (
+        upsert.on_conflict_do_update(
+            index_elements=[keys.key],
+            set_={"held_by": func.coalesce(keys.held_by, upsert.excluded.held_by)},
         )
         .returning(keys.key)
-        .cte("counted_down")
+        .cte("held")
     )
-    return select(*(changed.c[name] for name in returned)).add_cte(counted_down)
+    return select(*(changed.c[name] for name in returned)).add_cte(held)
 
 
-MARK_PUBLISHED = releasing_keys(sql.MARK_PUBLISHED, "id")
-MARK_DEAD = releasing_keys(sql.MARK_DEAD, "id")
-RESCHEDULE = releasing_keys(sql.RESCHEDULE, "id", "status")
-RELEASE = releasing_keys(sql.RELEASE, "id")
-REAP = releasing_keys(sql.REAP, "id", "status")
+MARK_PUBLISHED = _returning(sql.MARK_PUBLISHED, "id")
+MARK_DEAD = holding_keys(sql.MARK_DEAD, "id")
+RESCHEDULE = holding_keys(sql.RESCHEDULE, "id", "status")
+RELEASE = _returning(sql.RELEASE, "id")
+REAP = holding_keys(sql.REAP, "id", "status")
 EXTEND_LEASE = sql.EXTEND_LEASE  # a heartbeat keeps the key's lease as it is
 
 
-def _keys_leased_before_idle(*conditions: Any) -> Any:
-    """Up to ``:limit`` keys meeting ``conditions``, leased before ``now - :idle``, oldest
-    lease first (a scan of ``outbox_keys``, which holds only recently used keys)."""
-    return func.array(
-        select(keys.key)
-        .where(keys.locked_until < sql.CLOCK - bindparam("idle", type_=Interval()), *conditions)
-        .order_by(keys.locked_until)
-        .limit(_limit())
-        .scalar_subquery()
-    )
+# -- housekeeping ---------------------------------------------------------------------------
 
-
-_still_in_flight = (
-    select(literal(1)).where(col.key == keys.key, col.status == sql.IN_PROGRESS).exists()
+_candidate = leases_table.alias("candidate")
+_other = leases_table.alias("other")
+_alone = ~(
+    select(literal(1))
+    .where(_other.c.key == _candidate.c.key, _other.c.after_lease != _candidate.c.after_lease)
+    .exists()
 )
-TIDY_KEYS = (
-    update(keys_table)
+PRUNE_LEASES = (
+    leases_table.delete()
     .where(
-        keys.key == func.any(_keys_leased_before_idle(keys.inflight > 0)),
-        keys.inflight > 0,
-        ~_still_in_flight,
+        tuple_(leases.key, leases.after_lease).in_(
+            select(_candidate.c.key, _candidate.c.after_lease)
+            .where(
+                _candidate.c.leased_at < sql.CLOCK - bindparam("idle", type_=Interval()),
+                or_(_candidate.c.superseded, _alone),
+            )
+            .limit(_limit())
+            .with_for_update(of=_candidate, skip_locked=True)
+        )
     )
-    .values(inflight=0)
-    .returning(keys.key)
+    .returning(leases.key)
 )
-"""Repair: of up to ``:limit`` keys still counted in flight and leased before ``now -
-:idle``, those whose rows are no longer in flight (a row changed by hand) are freed."""
+"""Up to ``:limit`` leases taken before ``now - :idle`` are deleted: superseded ones, and a
+key's last one once it is the key's only row (then the key's next claim reads it from its
+first entry). Rows a claim holds are skipped. A claim that saw a deleted lease finds it gone
+under the lock and leaves the key alone; ``:idle`` (``LOCK_SECONDS``) is longer than any
+claim statement, so a claim that saw no lease still collides with the leases taken since."""
 
-_free = (keys.inflight == 0, keys.held_by.is_(None))
-DELETE_IDLE_KEYS = (
+DELETE_FREE_KEYS = (
     keys_table.delete()
-    .where(keys.key == func.any(_keys_leased_before_idle(*_free)), *_free)
+    .where(
+        keys.key
+        == func.any(
+            func.array(
+                select(keys.key)
+                .where(keys.held_by.is_(None))
+                .limit(_limit())
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
+        ),
+        keys.held_by.is_(None),
+    )
     .returning(keys.key)
 )
-"""Up to ``:limit`` free keys last leased before ``now - :idle`` are deleted (a key's row
-holds no position; the next claim writes it again)."""
+"""Up to ``:limit`` rows of ``outbox_keys`` that hold no key are deleted (a released hold, or
+a lease row of a worker older than migration ``outbox_0007``)."""
 
+_batch_in_flight = select(func.count(func.distinct(col.key))).where(
+    col.status == sql.IN_PROGRESS, col.key.isnot(None), col.seq.isnot(None)
+)
 KEY_COUNTS: Select[int, int] = select(
-    func.count().filter(keys.inflight > 0),
-    func.count().filter(keys.held_by.isnot(None)),
-).select_from(keys_table)
+    _batch_in_flight.scalar_subquery(),
+    select(func.count()).select_from(keys_table).where(keys.held_by.isnot(None)).scalar_subquery(),
+)
 """``(keys with a batch in flight, keys held behind a dead head)``."""

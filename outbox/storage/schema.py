@@ -29,8 +29,8 @@ leaves ``dead``, so it is never stale and no statement has to remember it.
 
 Per-key order (migration ``outbox_0005``, ``docs/ordering.md``): ``seq`` is a message's
 position, taken from the sequence ``outbox_seq`` by the ordered claim the first time the row
-is claimed and kept for every redelivery; ``outbox_keys`` holds one row per key with a batch
-in flight (``inflight`` rows not yet acknowledged) or held behind a dead head (``held_by``).
+is claimed and kept for every redelivery; ``outbox_key_leases`` records each lease of a key
+(migration ``outbox_0007``), and ``outbox_keys`` the keys held behind a dead head.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -57,11 +58,13 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 __all__ = [
     "AUDIT_TABLE_NAME",
     "KEYS_TABLE_NAME",
+    "LEASES_TABLE_NAME",
     "OUTBOX_TABLE_NAME",
     "POSITION_SEQUENCE",
     "Status",
     "audit_table",
     "keys_table",
+    "leases_table",
     "metadata",
     "outbox_table",
 ]
@@ -174,18 +177,14 @@ keys_table = Table(
     KEYS_TABLE_NAME,
     metadata,
     Column("key", Text, primary_key=True),
-    # Rows of the batch in flight not yet acknowledged; 0: the key is free.
+    # inflight, locked_until, lease_no and the floors were the key's lease before migration
+    # outbox_0007 (leases now live in outbox_key_leases): no longer written; housekeeping
+    # deletes the rows older workers left.
     Column("inflight", Integer, nullable=False, server_default=text("0")),
-    # When the batch in flight was claimed plus its lease (not extended by heartbeats).
     Column("locked_until", DateTime(timezone=True), nullable=True),
     # The dead head this key waits behind (ORDERING_DEAD=hold), until it is retried or purged.
     Column("held_by", BigInteger, nullable=True),
-    # A new number (from outbox_seq) at every lease: a claim takes a key only if it is the
-    # one its snapshot saw, so a lease that came and went meanwhile is never missed.
     Column("lease_no", BigInteger, nullable=True),
-    # Where the ordered claim starts reading the key (migration outbox_0006): no live
-    # positioned row is below floor_seq, and the unpositioned rows below floor_id committed
-    # after the last lease (NULL: read from the key's first entry).
     Column("floor_seq", BigInteger, nullable=True),
     Column("floor_id", BigInteger, nullable=True),
     CheckConstraint("inflight >= 0", name="ck_outbox_keys_inflight_nonnegative"),
@@ -195,11 +194,43 @@ keys_table = Table(
         "autovacuum_vacuum_threshold": 200,
     },
 )
-"""A key's lease: at most one batch of a key is in flight, across every worker.
+"""Keys held behind a dead head (``ORDERING_DEAD=hold``): one row per held key, written when
+its head goes dead, released by triggers when that row is retried or purged."""
 
-No index besides the primary key: a claim and an acknowledgement change no indexed column,
-so both are HOT updates (no new index entries), and the table holds only recently used
-keys (workers delete idle ones), which maintenance reads whole."""
+LEASES_TABLE_NAME = "outbox_key_leases"
+
+leases_table = Table(
+    LEASES_TABLE_NAME,
+    metadata,
+    Column("key", Text, primary_key=True),
+    # The lease this one follows (0: the key's first): two claims that saw the same lease
+    # collide here, so at most one of them follows it.
+    Column("after_lease", BigInteger, primary_key=True),
+    # Drawn from outbox_seq before the batch's new positions.
+    Column("lease_no", BigInteger, nullable=False),
+    # Where the ordered claim starts reading the key: no live positioned row is below
+    # floor_seq, and the unpositioned rows below floor_id committed after this lease (NULL:
+    # from the key's first entry).
+    Column("floor_seq", BigInteger, nullable=False),
+    Column("floor_id", BigInteger, nullable=True),
+    Column("leased_at", DateTime(timezone=True), nullable=False),
+    # Set once, by the claim that inserts the next lease: a claim that saw this lease as the
+    # latest and finds it superseded under the row lock leaves the key alone.
+    Column("superseded", Boolean, nullable=False, server_default=text("false")),
+    postgresql_with={
+        "fillfactor": 80,
+        "autovacuum_vacuum_scale_factor": 0,
+        "autovacuum_vacuum_threshold": 1000,
+        "autovacuum_vacuum_insert_scale_factor": 0,
+        "autovacuum_vacuum_insert_threshold": 10000,
+    },
+)
+"""Key leases, as rows written once (migration ``outbox_0007``): a key's latest lease is its
+row with the largest ``after_lease``, found by a backward scan of the primary key that meets
+the newest entries first, so the look-up costs the same however many superseded or deleted
+leases a held snapshot keeps. A key is in flight while its first live row is
+``in_progress``: acknowledgements write nothing here. Housekeeping deletes leases older than
+``LOCK_SECONDS``."""
 
 # -- the operators' audit trail (migration outbox_0004) ----------------------------------------
 
