@@ -2,6 +2,7 @@
 
     python bench/held_snapshot.py [--mode alternate|none,snapshot,no-autovacuum]
                                   [--hold 10] [--after 4] [--rate 500] [--rooms 200]
+                                  [--explain-slower-than MS]
 
 Each run starts its own throwaway PostgreSQL with production settings (``fsync``,
 ``synchronous_commit`` and autovacuum on) and a throwaway Redis, migrates, and starts 2 chat
@@ -26,6 +27,11 @@ the last held minute within 2x of the first on claim p50 and lag p50; after the 
 table stops growing within two vacuum cycles (no later minute more than 5 % above its size
 two minutes after the release: the space vacuum frees is reused). Exit 0 if every run
 passed, 1 if not.
+
+``--explain-slower-than MS`` is for finding out why a minute was slow: the server then
+writes ``postgresql.log`` into the run's log directory, with the plan (``auto_explain``, with
+rows and buffers) of every statement slower than ``MS``, lock waits, autovacuum runs and
+checkpoints. Measuring every statement makes all of them a little slower.
 """
 
 from __future__ import annotations
@@ -91,6 +97,27 @@ def hold(mode: str, database_url: str, seconds: float) -> Callable[[], Coroutine
     return held
 
 
+def diagnostics(log_dir: Path, slower_than_ms: float | None) -> dict[str, str]:
+    """Server settings that log into ``log_dir`` what makes statements slow (none: none)."""
+    if slower_than_ms is None:
+        return {}
+    log_dir.chmod(0o777)  # the server may run as another user
+    return {
+        "shared_preload_libraries": "auto_explain",
+        "auto_explain.log_min_duration": f"{slower_than_ms:g}ms",
+        "auto_explain.log_analyze": "on",
+        "auto_explain.log_buffers": "on",
+        "auto_explain.log_timing": "off",
+        "log_lock_waits": "on",
+        "log_autovacuum_min_duration": "0",
+        "log_checkpoints": "on",
+        "logging_collector": "on",
+        "log_directory": str(log_dir),
+        "log_filename": "postgresql.log",
+        "log_line_prefix": "%m [%p] %a ",
+    }
+
+
 def run_once(mode: str, options: argparse.Namespace) -> list[Minute]:
     """One run on fresh servers; returns its minutes (printed as they come)."""
     minutes = options.hold + options.after
@@ -98,7 +125,11 @@ def run_once(mode: str, options: argparse.Namespace) -> list[Minute]:
         minutes=minutes, rate=options.rate, rooms=options.rooms, retain="2m"
     )
     log_dir = Path(tempfile.mkdtemp(prefix="outbox-held-snapshot-"))
-    with throwaway_postgres(durable=True) as database_url, throwaway_redis() as redis_url:
+    settings = diagnostics(log_dir, options.explain_slower_than)
+    with (
+        throwaway_postgres(durable=True, settings=settings) as database_url,
+        throwaway_redis() as redis_url,
+    ):
         upgrade(database_url)
         fleet = Fleet(database_url, redis_url, log_dir)
         try:
@@ -173,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after", type=at_least(int, 1), default=4, help="minutes after (4)")
     parser.add_argument("--rate", type=at_least(float, 1), default=500.0, help="msg/s (500)")
     parser.add_argument("--rooms", type=at_least(int, 1), default=200, help="rooms (200)")
+    parser.add_argument(
+        "--explain-slower-than",
+        type=at_least(float, 0),
+        metavar="MS",
+        help="log the plans of statements slower than MS (and lock waits, vacuums,"
+        " checkpoints) to postgresql.log in the run's log directory",
+    )
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s", stream=sys.stdout)
     for noisy in ("httpx", "alembic", "outbox.devservers"):

@@ -189,13 +189,16 @@ def redis_reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 @contextlib.contextmanager
-def throwaway_postgres(bindir: Path | None = None, *, durable: bool = False) -> Iterator[str]:
+def throwaway_postgres(
+    bindir: Path | None = None, *, durable: bool = False, settings: Mapping[str, str] | None = None
+) -> Iterator[str]:
     """Start a private PostgreSQL on a free port; yield its URL; stop and delete it after.
 
     ``bindir`` picks the server binaries; by default :func:`find_postgres_bindir`. By
     default durability is off for speed (``fsync``, ``synchronous_commit`` and
     ``full_page_writes``); ``durable`` keeps PostgreSQL's own defaults (all on), for runs
     that crash the server or measure what production would see. Autovacuum is on either way.
+    ``settings`` are passed to the server last (``-c name=value``), over these.
     """
     bindir = bindir or find_postgres_bindir()
     workdir = Path(tempfile.mkdtemp(prefix="outbox-pg-"))
@@ -208,14 +211,15 @@ def throwaway_postgres(bindir: Path | None = None, *, durable: bool = False) -> 
         data = workdir / "data"
         initdb = [bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8"]
         _run(run_as, [*initdb, "--no-locale", "--no-sync"])
-        settings = {**_THROWAWAY_SETTINGS, "unix_socket_directories": str(workdir)}
+        server_settings = {**_THROWAWAY_SETTINGS, "unix_socket_directories": str(workdir)}
         if durable:
-            settings.update(fsync="on", synchronous_commit="on", full_page_writes="on")
+            server_settings.update(fsync="on", synchronous_commit="on", full_page_writes="on")
+        server_settings.update(settings or {})
         server_log = workdir / "server.log"
 
         def launch(port: int) -> subprocess.Popen[bytes]:
             argv = [str(bindir / "postgres"), "-D", str(data), "-p", str(port)]
-            for name, value in settings.items():
+            for name, value in server_settings.items():
                 argv += ["-c", f"{name}={value}"]
             with server_log.open("wb") as log_file:  # the child keeps its own copy
                 return subprocess.Popen(

@@ -147,6 +147,42 @@ async def test_what_a_claim_reads_does_not_grow_with_what_was_delivered_under_a_
     assert start_late >= start_early + 50, reads  # the snapshot did hold the dead entries
 
 
+async def test_a_claim_whose_pool_holds_only_keys_in_flight_scans_no_keys(
+    clean: AsyncEngine, held_snapshot: None
+) -> None:
+    """The usual state at a steady rate: the claimable rows in view are all of keys another
+    worker has in flight. The walk saw every claimable row, so the claim takes nothing and
+    does not scan the keys (a scan that, under a held snapshot, reads through every key's
+    dead entries)."""
+    frontier = ClaimFrontier(lookback_seconds=0, full_walk_seconds=3600)
+    for _ in range(10):
+        await add(clean, 100, keys=10)
+        assert await deliver_all(clean, frontier, ordered=True) == 100
+    await add(clean, 20, keys=10)  # two rows per key
+    first = await claim_batch(clean, limit=10, lock_seconds=30, worker_id="a", ordered=True)
+    assert len(first) == 10 and len({m.key for m in first}) == 10  # one row of each key
+    statement, values = claim_statement(limit=10, lock_seconds=30, worker_id="b", ordered=True)
+    async with clean.connect() as conn:
+        compiled = statement.compile(dialect=conn.dialect)
+        bound = compiled.construct_params(dict(values))
+        params = tuple(bound[name] for name in compiled.positiontup or ())
+        result = await conn.exec_driver_sql(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled.string}", params
+        )
+        raw = result.scalar_one()
+        await conn.rollback()
+    executed = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+    assert int(executed["Actual Rows"]) == 1  # the frontier's row alone: nothing claimed
+    assert _rows_of(executed, "Recursive Union") == [0]  # the key scan found no key
+
+
+def _rows_of(node: dict[str, Any], node_type: str) -> list[int]:
+    found = [int(node["Actual Rows"])] if node["Node Type"] == node_type else []
+    for child in node.get("Plans", []):
+        found += _rows_of(child, node_type)
+    return found
+
+
 @pytest.mark.parametrize("ordered", [False, True], ids=["unordered", "ordered"])
 async def test_eight_claimers_with_frontiers_claim_every_row_exactly_once(
     clean: AsyncEngine, held_snapshot: None, ordered: bool

@@ -146,31 +146,52 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
     # The unpositioned rows from the floor, or from the key's first row in the pool if that
     # is older (a row that committed after the last lease).
     floor_id = func.least(func.coalesce(lease.c.floor_id, 0), keyed.c.first_id)
-    pool_keys = (
+    in_age_order = (
         select(
             keyed,
-            _head_can_go(keyed.c.key, floor_seq, floor_id, claimable).label("ready"),
             lease.c.lease_no.label("lease_seen"),
             lease.c.after_lease.label("after_seen"),
             floor_seq.label("floor_seq"),
             floor_id.label("floor_id"),
         )
         .select_from(keyed.outerjoin(lease, true()))
-        .where(~_held(keyed.c.key))
         .order_by(keyed.c.since, keyed.c.first_id)
+        # A fence (no condition is pushed below an OFFSET): the probes below run on the
+        # sorted keys one by one, only until :limit of them can go.
+        .offset(0)
+        .subquery("in_age_order")
+    )
+    # Only the keys that can go now: a key in flight (the other workers' batches) or
+    # waiting for its head's retry takes no place among the :limit.
+    pool_keys = (
+        select(
+            *(in_age_order.c[name] for name in ("key", "since", "first_id", "seen")),
+            true().label("ready"),
+            *(in_age_order.c[name] for name in ("lease_seen", "after_seen", "floor_seq")),
+            in_age_order.c.floor_id,
+        )
+        .where(
+            ~_held(in_age_order.c.key),
+            _head_can_go(
+                in_age_order.c.key, in_age_order.c.floor_seq, in_age_order.c.floor_id, claimable
+            ),
+        )
         .limit(_limit())
         .cte("pool_keys")
         .prefix_with("MATERIALIZED")
     )
-    # The rescue: when nothing in the pool can be taken (each key in it is leased, held, or
-    # waits for its head's retry: the pool is one busy key's backlog, or such keys), keys
-    # found by a scan of ix_outbox_key_order, so that other keys are not held up behind them.
-    # An empty pool has nothing to rescue: every key whose head can go has that head in the
-    # pool (the walk saw no claimable row), and the scan would read the whole key index
-    # (every entry of every key, dead ones too while a snapshot holds them back).
+    # The rescue: when nothing in the pool can be taken (each key in it is in flight, held,
+    # or waits for its head's retry: the pool is one busy key's backlog, or such keys) and
+    # the walk was cut at its bound, keys found by a scan of ix_outbox_key_order, so that
+    # keys behind them are not held up. A pool the walk did not fill holds every claimable
+    # row in view, so every key whose head can go has that head in it: there is nothing to
+    # rescue, and the scan would read through every key's index entries, dead ones too
+    # while a snapshot holds them back (the usual case at a steady rate: the pool holds a
+    # few rows, of keys the other workers have in flight).
+    walk_bound = _limit() if filtered else bindparam("walk", type_=Integer)
     stuck = and_(
-        select(literal(1)).select_from(pool).exists(),
-        ~select(literal(1)).where(pool_keys.c.ready).exists(),
+        select(func.count()).select_from(pool).scalar_subquery() >= walk_bound,
+        ~select(literal(1)).select_from(pool_keys).exists(),
         ~select(literal(1)).where(pool.c.key.is_(None)).exists(),
     )
     scanned = _key_scan(stuck)
@@ -267,11 +288,24 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
         .cte("grabbed")
         .prefix_with("MATERIALIZED")
     )
+    # What the snapshot saw of each key's lease, carried along to where the lease is written.
+    seen = {
+        "lease_seen": grabbed.c.lease_seen,
+        "after_seen": grabbed.c.after_seen,
+        "floor_seen": grabbed.c.floor_id.label("floor_seen"),
+    }
     live = _in_key_order(
         grabbed.c.key, grabbed.c.floor_seq, grabbed.c.floor_id, func.least(grabbed.c.seen, _limit())
     ).lateral("live")
     heads = (
-        select(grabbed.c.key, grabbed.c.since, grabbed.c.first_id, live.c.id, live.c.seq)
+        select(
+            grabbed.c.key,
+            grabbed.c.since,
+            grabbed.c.first_id,
+            live.c.id,
+            live.c.seq,
+            *seen.values(),
+        )
         .select_from(grabbed.join(live, true()))
         .cte("heads")
         .prefix_with("MATERIALIZED")
@@ -293,6 +327,7 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
         heads.c.since,
         heads.c.first_id,
         heads.c.seq,
+        *(heads.c[name] for name in seen),
         func.row_number().over(partition_by=heads.c.key, order_by=key_order).label("ord"),
         func.bool_and(still_claimable)
         .over(partition_by=heads.c.key, order_by=key_order)
@@ -304,10 +339,17 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
         pool.c.next_attempt_at.label("since"),
         pool.c.id.label("first_id"),
         null().label("seq"),
+        *(null().label(name) for name in seen),
         literal(1).label("ord"),
     ).where(pool.c.key.is_(None))
     prefixes = select(
-        ranked.c.id, ranked.c.key, ranked.c.since, ranked.c.first_id, ranked.c.seq, ranked.c.ord
+        ranked.c.id,
+        ranked.c.key,
+        ranked.c.since,
+        ranked.c.first_id,
+        ranked.c.seq,
+        *(ranked.c[name] for name in seen),
+        ranked.c.ord,
     ).where(ranked.c.unbroken)
     candidates = union_all(loose, prefixes).subquery("candidates")
     picked = (
@@ -344,6 +386,7 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
             POSITION_SEQUENCE.next_value().label("lease_no"),
             func.min(picked.c.seq).label("first_seq"),
             func.max(picked.c.id).filter(picked.c.seq.is_(None)).label("last_new_id"),
+            *(func.min(picked.c[name]).label(name) for name in seen),  # one value per key
         )
         .where(picked.c.key.isnot(None))
         .group_by(picked.c.key)
@@ -356,10 +399,9 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
     superseded = (
         update(leases_table)
         .where(
-            leases.key == grabbed.c.key,
-            leases.after_lease == grabbed.c.after_seen,
+            leases.key == numbered.c.key,
+            leases.after_lease == numbered.c.after_seen,
             ~leases.superseded,
-            grabbed.c.key == func.any(func.array(select(numbered.c.key).scalar_subquery())),
         )
         .values(superseded=True)
         .returning(leases.key)
@@ -368,17 +410,16 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
     new_leases = (
         select(
             numbered.c.key,
-            func.coalesce(grabbed.c.lease_seen, 0),
+            func.coalesce(numbered.c.lease_seen, 0),
             numbered.c.lease_no,
             func.coalesce(numbered.c.first_seq, numbered.c.lease_no),
-            func.coalesce(numbered.c.last_new_id + 1, grabbed.c.floor_id),
+            func.coalesce(numbered.c.last_new_id + 1, numbered.c.floor_seen),
             sql.CLOCK,
         )
-        .select_from(numbered.join(grabbed, grabbed.c.key == numbered.c.key))
         .where(
             or_(
                 # A key's first lease: claims that both saw none collide on (key, 0).
-                grabbed.c.lease_seen.is_(None),
+                numbered.c.lease_seen.is_(None),
                 numbered.c.key == func.any(func.array(select(superseded.c.key).scalar_subquery())),
             )
         )
