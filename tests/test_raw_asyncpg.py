@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,6 +22,7 @@ from outbox import (
     reschedule,
     stats,
 )
+from outbox.primitives.urls import libpq_dsn
 from outbox.storage.pool import create_pool
 from outbox.storage.stats import table_gauges
 
@@ -70,3 +72,19 @@ async def test_a_full_cycle_on_the_raw_pool(engine: AsyncEngine, pool: Any) -> N
     gauges = await table_gauges(pool)
     assert (gauges.pending, gauges.in_progress, gauges.dead) == (2, 1, 2)
     assert (await reap_expired_locks(pool)).requeued == frozenset()
+
+
+async def test_a_pool_that_disables_jit_connects_with_jit_off(database_url: str) -> None:
+    """The workers' pools: a claim whose cost estimate crossed jit_above_cost spent 150 ms
+    to seconds compiling, every claim (the held-snapshot bench, after an ANALYZE)."""
+    plain = await asyncpg.connect(libpq_dsn(database_url))
+    server = await create_pool(database_url, max_size=1)
+    without = await create_pool(database_url, max_size=1, disable_jit=True)
+    try:
+        assert await without.fetchval("SHOW jit") == "off"
+        # By default, left as the server has it.
+        assert await server.fetchval("SHOW jit") == await plain.fetchval("SHOW jit")
+    finally:
+        await plain.close()
+        await server.close()
+        await without.close()

@@ -126,6 +126,8 @@ class Worker:
             application_name=f"outbox {s.worker_id}",
             statement_cache_size=0 if s.pgbouncer_transaction_mode else 100,
             command_timeout=s.database_timeout_seconds,
+            # PgBouncer refuses the startup parameter: set jit = off for the role there.
+            disable_jit=not s.pgbouncer_transaction_mode,
         )
         maintenance = Maintenance(
             db,

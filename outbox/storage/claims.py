@@ -346,8 +346,8 @@ async def reap_expired_locks(
     The crashed attempt stays counted, so a message that keeps killing its worker runs out:
     rows already at ``max_attempts`` go ``dead`` instead, with the lease holder in ``error``.
     At most ``limit`` rows per call (call again while it returns a full batch). Safe to run
-    from every worker at once. Their keys' leases are counted down (``hold_keys``: as for
-    :func:`mark_dead`).
+    from every worker at once. A key whose reaped row goes ``dead`` waits behind it with
+    ``hold_keys`` (as for :func:`mark_dead`).
     """
     params = {**_reap_params(max_attempts, limit, now), "hold_dead": hold_keys}
     rows = await fetch_all(db, key_order.REAP, params)

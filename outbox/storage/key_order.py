@@ -164,10 +164,15 @@ def ordered_claim(filtered: bool) -> CompoundSelect[Any]:
     # Only the keys that can go now: a key in flight (the other workers' batches) or
     # waiting for its head's retry takes no place among the :limit.
     pool_keys = (
-        select(
-            *(in_age_order.c[name] for name in ("key", "since", "first_id", "seen")),
+        select(  # the columns of ``rescued`` below, in its order: the two make one union
+            in_age_order.c.key,
+            in_age_order.c.since,
+            in_age_order.c.first_id,
+            in_age_order.c.seen,
             true().label("ready"),
-            *(in_age_order.c[name] for name in ("lease_seen", "after_seen", "floor_seq")),
+            in_age_order.c.lease_seen,
+            in_age_order.c.after_seen,
+            in_age_order.c.floor_seq,
             in_age_order.c.floor_id,
         )
         .where(

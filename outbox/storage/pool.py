@@ -63,16 +63,22 @@ async def create_pool(
     statement_cache_size: int = 100,
     connect_timeout: float = 10.0,
     command_timeout: float | None = 15.0,
+    disable_jit: bool = False,
 ) -> Any:
     """An asyncpg pool on ``database_url`` (any ``postgresql://`` form the library accepts).
 
     ``statement_cache_size=0`` disables named prepared statements, for PgBouncer in
-    transaction pooling mode. A statement running longer than ``command_timeout`` seconds is
-    cancelled and raises ``TimeoutError`` (a hung server counts as unreachable). Connections
-    are opened lazily, so this succeeds while the server is down; the first query reports
-    it. Released connections are not reset (no ``RESET ALL``/``UNLISTEN *`` round trip): the
-    library's statements leave no session state behind, and neither may other users of this
-    pool.
+    transaction pooling mode. ``disable_jit`` connects with ``jit = off`` (the workers do,
+    but behind PgBouncer): the claim is one large statement whose cost estimate can cross
+    ``jit_above_cost`` (after an ``ANALYZE`` while a snapshot is held, say), and compiling it
+    then costs far more than running it (150 ms to seconds, every claim). PgBouncer refuses
+    startup parameters it does not know: behind it, set ``jit = off`` for the workers' role
+    (``ALTER ROLE ... SET jit = off``). A statement running longer than ``command_timeout``
+    seconds is cancelled and raises ``TimeoutError`` (a hung server counts as unreachable).
+    Connections are opened lazily, so this succeeds while the server is down; the first
+    query reports it. Released connections are not reset (no ``RESET ALL``/``UNLISTEN *``
+    round trip): the library's statements leave no session state behind, and neither may
+    other users of this pool.
     """
     return await asyncpg.create_pool(
         libpq_dsn(database_url),
@@ -83,7 +89,10 @@ async def create_pool(
         statement_cache_size=statement_cache_size,
         timeout=connect_timeout,
         command_timeout=command_timeout,
-        server_settings={"application_name": application_name[:63]},
+        server_settings={
+            "application_name": application_name[:63],
+            **({"jit": "off"} if disable_jit else {}),
+        },
     )
 
 
