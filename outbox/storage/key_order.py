@@ -1,4 +1,4 @@
-"""Per-key order in SQL: the ordered claim, and the key leases every acknowledgement frees.
+"""Per-key order in SQL: the ordered claim, its key leases, and the holds behind dead rows.
 
 The contract (docs/ordering.md):
 
@@ -21,7 +21,6 @@ The contract (docs/ordering.md):
   that is not (a retry waiting for its time holds its key back). The rows are re-read
   under their row locks, so a decision made on the statement's snapshot is checked
   against the latest versions: a row that changed since stops the batch there.
-
 * **Floors.** Each lease also records where the key's live rows start (``floor_seq``: its
   batch's first position; ``floor_id``: past the unpositioned rows it took), and claims read
   the key from there, so they never pass the index entries of rows delivered before, which
