@@ -325,6 +325,38 @@ def test_a_frontier_refuses_bad_settings(settings: dict[str, float]) -> None:
         ClaimFrontier(**settings)
 
 
+async def _up_down_up_beside_an_older_workers_batch(
+    engine: AsyncEngine, database_url: str, previous: str
+) -> list[int]:
+    """On ``previous``: 4 rows of key ``room``, the first 2 in flight under an older
+    worker's lease (written by hand, its key row in ``outbox_keys``); then, while a
+    producer's transaction with a fifth row is open, migrate up, down to ``previous`` and up
+    again (at most 30 s: nothing may wait for the producer). Returns the 4 rows' ids."""
+    async with engine.begin() as conn:
+        ids = await enqueue_many(
+            conn, [NewMessage("chat.message", {"n": n}, key="room") for n in range(4)]
+        )
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "UPDATE outbox SET status = 'in_progress', seq = nextval('outbox_seq'),"
+            " locked_by = 'old', locked_until = now() + interval '1 minute',"
+            " lease_token = gen_random_uuid(), attempts = 1 WHERE id = ANY($1)",
+            (ids[:2],),
+        )
+        await conn.exec_driver_sql(
+            "INSERT INTO outbox_keys (key, inflight, locked_until, lease_no)"
+            " VALUES ('room', 2, now() + interval '1 minute', nextval('outbox_seq'))"
+        )
+    async with engine.connect() as producer:
+        await enqueue_many(producer, [NewMessage("chat.message", {}, key="room")])
+        with anyio.fail_after(30):
+            await anyio.to_thread.run_sync(upgrade, database_url)
+            await anyio.to_thread.run_sync(downgrade, database_url, previous)
+            await anyio.to_thread.run_sync(upgrade, database_url)
+        await producer.commit()
+    return ids
+
+
 def test_migration_0006_runs_up_and_down_beside_rows_in_flight(empty_database: str) -> None:
     """From 0005 with a producer's transaction open, a key leased and rows in progress: up
     and down do not wait for the producer (the catalog changes take no lock on the rows'
@@ -334,28 +366,7 @@ def test_migration_0006_runs_up_and_down_beside_rows_in_flight(empty_database: s
     async def scenario() -> None:
         engine = create_async_engine(async_database_url(empty_database))
         try:
-            async with engine.begin() as conn:
-                ids = await enqueue_many(
-                    conn, [NewMessage("chat.message", {"n": n}, key="room") for n in range(4)]
-                )
-            async with engine.begin() as conn:  # an older worker's lease, by hand
-                await conn.exec_driver_sql(
-                    "UPDATE outbox SET status = 'in_progress', seq = nextval('outbox_seq'),"
-                    " locked_by = 'old', locked_until = now() + interval '1 minute',"
-                    " lease_token = gen_random_uuid(), attempts = 1 WHERE id = ANY($1)",
-                    (ids[:2],),
-                )
-                await conn.exec_driver_sql(
-                    "INSERT INTO outbox_keys (key, inflight, locked_until, lease_no)"
-                    " VALUES ('room', 2, now() + interval '1 minute', nextval('outbox_seq'))"
-                )
-            async with engine.connect() as producer:
-                await enqueue_many(producer, [NewMessage("chat.message", {}, key="room")])
-                with anyio.fail_after(30):
-                    await anyio.to_thread.run_sync(upgrade, empty_database)
-                    await anyio.to_thread.run_sync(downgrade, empty_database, "outbox_0005")
-                    await anyio.to_thread.run_sync(upgrade, empty_database)
-                await producer.commit()
+            await _up_down_up_beside_an_older_workers_batch(engine, empty_database, "outbox_0005")
         finally:
             await engine.dispose()
 
@@ -382,28 +393,9 @@ def test_migration_0007_runs_beside_an_older_workers_batch_which_new_claims_resp
     async def scenario() -> None:
         engine = create_async_engine(async_database_url(empty_database))
         try:
-            async with engine.begin() as conn:
-                ids = await enqueue_many(
-                    conn, [NewMessage("chat.message", {"n": n}, key="room") for n in range(4)]
-                )
-            async with engine.begin() as conn:  # an older worker's lease, by hand
-                await conn.exec_driver_sql(
-                    "UPDATE outbox SET status = 'in_progress', seq = nextval('outbox_seq'),"
-                    " locked_by = 'old', locked_until = now() + interval '1 minute',"
-                    " lease_token = gen_random_uuid(), attempts = 1 WHERE id = ANY($1)",
-                    (ids[:2],),
-                )
-                await conn.exec_driver_sql(
-                    "INSERT INTO outbox_keys (key, inflight, locked_until, lease_no)"
-                    " VALUES ('room', 2, now() + interval '1 minute', nextval('outbox_seq'))"
-                )
-            async with engine.connect() as producer:
-                await enqueue_many(producer, [NewMessage("chat.message", {}, key="room")])
-                with anyio.fail_after(30):
-                    await anyio.to_thread.run_sync(upgrade, empty_database)
-                    await anyio.to_thread.run_sync(downgrade, empty_database, "outbox_0006")
-                    await anyio.to_thread.run_sync(upgrade, empty_database)
-                await producer.commit()
+            ids = await _up_down_up_beside_an_older_workers_batch(
+                engine, empty_database, "outbox_0006"
+            )
 
             def claim() -> Any:
                 return claim_batch(engine, limit=10, lock_seconds=30, worker_id="new", ordered=True)

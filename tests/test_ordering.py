@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox import (
     DELIVERED,
@@ -294,6 +295,31 @@ async def _wait_until_a_session_waits_for_a_lock(engine: AsyncEngine) -> None:
             await anyio.sleep(0.02)
 
 
+async def _claim_while_blocked(
+    engine: AsyncEngine, other: AsyncConnection, then: Callable[[], Awaitable[None]]
+) -> list[ClaimedMessage]:
+    """A claim (worker ``w2``) started while ``other``'s open transaction holds what it will
+    wait for: once it waits, ``then()`` runs in ``other``, which then commits; returns the
+    claim's batch."""
+    results: list[list[ClaimedMessage]] = []
+
+    async def claimer() -> None:
+        results.append(await claim(engine, "w2"))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(claimer)
+        await _wait_until_a_session_waits_for_a_lock(engine)
+        await then()
+        await other.commit()
+    return results[0]
+
+
+async def status_of(engine: AsyncEngine, row_id: int) -> str | None:
+    async with engine.connect() as conn:
+        status = await conn.scalar(text("SELECT status FROM outbox WHERE id = :id"), {"id": row_id})
+    return None if status is None else str(status)
+
+
 async def test_a_claim_leaves_a_key_alone_when_its_lease_was_superseded_since_its_snapshot(
     engine: AsyncEngine,
 ) -> None:
@@ -308,14 +334,8 @@ async def test_a_claim_leaves_a_key_alone_when_its_lease_was_superseded_since_it
     async with engine.connect() as other:
         await other.begin()
         await other.execute(text("SELECT 1 FROM outbox_key_leases WHERE key = 'R' FOR UPDATE"))
-        async with anyio.create_task_group() as tasks:
-            results: list[list[ClaimedMessage]] = []
 
-            async def claimer() -> None:
-                results.append(await claim(engine, "w2"))
-
-            tasks.start_soon(claimer)
-            await _wait_until_a_session_waits_for_a_lock(engine)
+        async def supersede() -> None:
             await other.execute(text("UPDATE outbox_key_leases SET superseded = true"))
             await other.execute(
                 text(
@@ -325,11 +345,10 @@ async def test_a_claim_leaves_a_key_alone_when_its_lease_was_superseded_since_it
                 ),
                 {"after": seen},
             )
-            await other.commit()
-    assert ids(results[0]) == [s1]
-    async with engine.connect() as conn:
-        status = await conn.scalar(text("SELECT status FROM outbox WHERE id = :id"), {"id": r2})
-    assert status == "pending"
+
+        claimed = await _claim_while_blocked(engine, other, supersede)
+    assert ids(claimed) == [s1]
+    assert await status_of(engine, r2) == "pending"
     assert (await leases(engine))["R"] == [(0, True), (seen, False)]
 
 
@@ -347,19 +366,13 @@ async def test_two_claims_that_saw_no_lease_collide_on_the_keys_first(
                 " VALUES ('R', 0, nextval('outbox_seq'), 0, now())"
             )
         )
-        async with anyio.create_task_group() as tasks:
-            results: list[list[ClaimedMessage]] = []
 
-            async def claimer() -> None:
-                results.append(await claim(engine, "w2"))
+        async def nothing_more() -> None:
+            pass
 
-            tasks.start_soon(claimer)
-            await _wait_until_a_session_waits_for_a_lock(engine)
-            await other.commit()
-    assert ids(results[0]) == [s1]
-    async with engine.connect() as conn:
-        status = await conn.scalar(text("SELECT status FROM outbox WHERE id = :id"), {"id": r1})
-    assert status == "pending"
+        claimed = await _claim_while_blocked(engine, other, nothing_more)
+    assert ids(claimed) == [s1]
+    assert await status_of(engine, r1) == "pending"
 
 
 async def test_eight_concurrent_claimers_never_hold_one_key_twice(
